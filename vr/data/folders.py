@@ -1,0 +1,117 @@
+"""Scan ImageFolder trees and flat test folders; the frozen class order (ClassMap)."""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vr.data.images import check_image, is_image_file
+from vr.errors import VrError
+from vr.util.console import warn
+from vr.util.io import atomic_write_json
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders embedded numbers numerically: '2' < '10', 'img9' < 'img10'."""
+    parts = re.split(r"(\d+)", name)
+    return tuple((0, int(p), p) if p.isdigit() else (1, p.lower(), p) for p in parts if p != "")
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """Class names in index order; frozen at training time and carried by every artefact."""
+
+    names: tuple[str, ...]
+
+    def __post_init__(self):
+        if len(set(self.names)) != len(self.names):
+            raise VrError("class names must be unique")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+    @classmethod
+    def from_folder_names(cls, names) -> "ClassMap":
+        return cls(tuple(sorted(names, key=natural_key)))
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, list(self.names))
+
+    @classmethod
+    def load(cls, path: Path) -> "ClassMap":
+        return cls(tuple(json.loads(Path(path).read_text())))
+
+
+@dataclass
+class ScanResult:
+    samples: list[tuple[Path, int]]
+    classes: ClassMap
+    skipped: list[str] = field(default_factory=list)  # one reason per unreadable file
+    empty_classes: list[str] = field(default_factory=list)
+
+
+def _check_all(paths: list[Path], workers: int = 8) -> dict[Path, str]:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = pool.map(check_image, paths)
+    return {p: r for p, r in zip(paths, reasons) if r is not None}
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_file() and is_image_file(p)),
+                  key=lambda p: natural_key(p.name))
+
+
+def scan_image_folder(root: str | Path, classes: ClassMap | None = None, verify: bool = True,
+                      what: str = "data") -> ScanResult:
+    """Scan ``root/<class>/<image>``.
+
+    Without ``classes`` the class order is the folders' natural order. With ``classes`` (val/test
+    data scored against a trained model) a folder absent from ``classes`` is an error naming it.
+    Unreadable images are skipped with a warning naming each one.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise VrError(f"{what} folder not found: {root}")
+    folders = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                     key=lambda d: natural_key(d.name))
+    if not folders:
+        raise VrError(f"{what} folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+    if classes is None:
+        classes = ClassMap.from_folder_names([d.name for d in folders])
+    else:
+        unknown = [d.name for d in folders if d.name not in classes.names]
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:10])
+            raise VrError(f"{what} folder {root} has classes the model was not trained on: {shown}")
+    per_class = {d.name: list_images(d) for d in folders}
+    empty = [name for name, files in per_class.items() if not files]
+    for name in empty:
+        warn(f"class folder {root / name} has no images")
+    all_paths = [p for files in per_class.values() for p in files]
+    bad = _check_all(all_paths) if verify else {}
+    for reason in bad.values():
+        warn(f"skipping unreadable image {reason}")
+    samples = [(p, classes.index(name)) for name, files in per_class.items() for p in files if p not in bad]
+    if not samples:
+        raise VrError(f"{what} folder {root} holds no readable images")
+    return ScanResult(samples, classes, list(bad.values()), empty)
+
+
+def scan_flat_folder(root: str | Path, verify: bool = True, what: str = "test") -> tuple[list[Path], list[str]]:
+    """Images directly inside ``root`` (no labels). Returns (readable paths, skip reasons)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise VrError(f"{what} folder not found: {root}")
+    paths = list_images(root)
+    if not paths:
+        raise VrError(f"{what} folder {root} holds no images")
+    bad = _check_all(paths) if verify else {}
+    for reason in bad.values():
+        warn(f"skipping unreadable image {reason}")
+    return [p for p in paths if p not in bad], list(bad.values())

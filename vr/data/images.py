@@ -1,0 +1,83 @@
+"""Open any image file as an RGB PIL image, or say clearly why it cannot be read."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
+)
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded; the message names the file and the reason."""
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit and float images: scale the full range to 8 bits rather than clipping.
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        # Composite on white: transparent pixels would otherwise come out with arbitrary colours.
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode ``path`` fully, apply its EXIF orientation and return an RGB image.
+
+    Raises UnreadableImage for zero-byte, truncated, corrupt or over-large (decompression bomb)
+    files.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableImage(f"{path}: empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return _to_rgb(img)
+    except UnreadableImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UnreadableImage(f"{path}: refused, too many pixels ({e})") from None
+    except Exception as e:  # PIL raises many types for bad files
+        raise UnreadableImage(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def check_image(path: str | Path) -> str | None:
+    """Return None if ``path`` decodes, else the reason. Cheap: JPEGs decode at reduced scale."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return f"{path}: empty file (0 bytes)"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                # draft() makes JPEG decode at 1/8 scale; the whole stream is still read, so
+                # truncation is still caught.
+                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()
+        return None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return f"{path}: refused, too many pixels ({e})"
+    except Exception as e:
+        return f"{path}: cannot decode image ({type(e).__name__}: {e})"

@@ -1,0 +1,72 @@
+"""Training augmentation presets (torchvision.transforms.v2); eval uses Preprocess unchanged."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from vr.models.preprocess import Preprocess
+
+_INTERP = {"nearest": InterpolationMode.NEAREST, "bilinear": InterpolationMode.BILINEAR,
+           "bicubic": InterpolationMode.BICUBIC}
+
+# geometry: rrc = random resized crop; squash = resize to a square; center = the eval geometry.
+PRESETS: dict[str, dict] = {
+    "none": dict(geometry="center"),
+    "light": dict(geometry="rrc", hflip=0.5),
+    "seed-a": dict(geometry="squash", blur=0.5, hflip=0.5, rotation=15.0),
+    "seed-b": dict(geometry="center", hflip=0.5, color_jitter=0.2, translate=0.1, rotation=20.0, random_erasing=0.5),
+}
+AUG_KEYS = ("hflip", "vflip", "rotation", "blur", "color_jitter", "translate", "random_erasing")
+
+
+class BorderCrop:
+    """Trim the same fraction from each side as Preprocess does at eval time."""
+
+    def __init__(self, pre: Preprocess):
+        self.pre = pre
+
+    def __call__(self, img):
+        w, h = img.size
+        box = self.pre.border_box(h, w)
+        return img if box == (0, 0, w, h) else img.crop(box)
+
+
+def resolve_augmentation(preset: str, **overrides) -> dict:
+    params = {k: 0.0 for k in AUG_KEYS}
+    params.update(PRESETS[preset])
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    return params
+
+
+def build_train_transform(pre: Preprocess, preset: str = "light", **overrides) -> T.Compose:
+    """PIL RGB image -> normalised CHW float tensor, with augmentation."""
+    p = resolve_augmentation(preset, **overrides)
+    interp = _INTERP[pre.interpolation]
+    size = pre.input_size
+    steps: list = []
+    if p["geometry"] == "rrc":
+        steps.append(T.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interp, antialias=True))
+        pre_steps = [BorderCrop(pre)]
+    elif p["geometry"] == "squash":
+        steps.append(T.Resize((size, size), interpolation=interp, antialias=True))
+        pre_steps = [BorderCrop(pre)]
+    else:
+        pre_steps = [pre.geometry]  # border crop + resize + centre crop, exactly as at eval
+    if p["hflip"] > 0:
+        steps.append(T.RandomHorizontalFlip(p["hflip"]))
+    if p["vflip"] > 0:
+        steps.append(T.RandomVerticalFlip(p["vflip"]))
+    if p["color_jitter"] > 0:
+        j = p["color_jitter"]
+        steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j))
+    if p["translate"] > 0 or p["rotation"] > 0:
+        t = p["translate"]
+        steps.append(T.RandomAffine(degrees=p["rotation"], translate=(t, t) if t > 0 else None, interpolation=InterpolationMode.BILINEAR))
+    if p["blur"] > 0:
+        steps.append(T.RandomApply([T.GaussianBlur(kernel_size=3, sigma=(0.1, 2.0))], p=p["blur"]))
+    steps += [T.ToImage(), T.ToDtype(torch.float32, scale=True), T.Normalize(pre.mean, pre.std)]
+    if p["random_erasing"] > 0:
+        steps.append(T.RandomErasing(p=p["random_erasing"], value=0))
+    return T.Compose(pre_steps + steps)

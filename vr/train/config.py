@@ -1,0 +1,90 @@
+"""TrainConfig: every option of `vr train`, validated, saved as RUN_DIR/config.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from vr.config import ConfigBase, check, check_choice, option
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("plateau", "cosine", "onecycle", "step", "none")
+AUG_PRESETS = ("none", "light", "seed-a", "seed-b")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+M, O, R, A, H, X = "Model & weights", "Optimisation", "Regularisation", "Augmentation", "Hardware", "Output"
+
+
+@dataclass
+class TrainConfig(ConfigBase):
+    data: Path = option(help="Dataset folder holding train/<class>/ and val/<class>/ image folders.", argument=True)
+    # --- model & weights
+    model: str = option("resnet50", "timm model name (torchvision names such as resnet152 work too).", group=M)
+    pretrained: Optional[str] = option(None, "Local weights file (.pth/.pt/.safetensors), or 'timm' for timm's offline cache. Nothing is downloaded.", group=M)
+    img_size: Optional[int] = option(None, "Square input size for the network (default: the model's own).", group=M)
+    crop_pct: Optional[float] = option(None, "Eval centre-crop fraction: images are resized to img_size/crop_pct, then centre-cropped (default: the model's).", group=M)
+    interpolation: Optional[str] = option(None, "Resize interpolation (default: the model's).", choices=("bilinear", "bicubic", "nearest"), group=M)
+    mean: Optional[tuple[float, float, float]] = option(None, "Normalisation mean, three values (default: the model's, or the weights file's).", group=M)
+    std: Optional[tuple[float, float, float]] = option(None, "Normalisation std, three values (default: the model's, or the weights file's).", group=M)
+    crop_mode: str = option("center", "center: shorter side to resize size then centre crop; squash: resize to a square, ignoring aspect.", choices=("center", "squash"), group=M)
+    border_crop: float = option(0.0, "Fraction trimmed from each side of every image before resizing (train and eval).", group=M)
+    # --- optimisation
+    epochs: int = option(10, "Number of epochs.", group=O)
+    batch_size: int = option(32, "Batch size per process.", group=O)
+    opt: str = option("adamw", "Optimizer.", choices=OPTIMIZERS, group=O)
+    lr: float = option(1e-3, "Peak learning rate.", group=O)
+    weight_decay: float = option(0.05, "Weight decay (not applied to biases and norm layers).", group=O)
+    momentum: float = option(0.9, "SGD momentum.", group=O)
+    sched: str = option("cosine", "Learning-rate schedule.", choices=SCHEDULERS, group=O)
+    warmup_epochs: float = option(1.0, "Linear warmup length in epochs (onecycle: its rising phase).", group=O)
+    min_lr_ratio: float = option(0.01, "cosine: final lr as a fraction of the peak.", group=O)
+    step_size: int = option(10, "step: epochs between lr drops.", group=O)
+    gamma: float = option(0.1, "step/plateau: lr multiplier at each drop.", group=O)
+    plateau_patience: int = option(2, "plateau: epochs without val-loss improvement before a drop.", group=O)
+    # --- regularisation
+    drop_rate: float = option(0.0, "Dropout before the classifier (the seed reports used 0.5).", group=R)
+    label_smoothing: float = option(0.1, "Label smoothing for the cross-entropy loss.", group=R)
+    # --- augmentation
+    aug: str = option("light", "Preset: none; light (random resized crop + flip); seed-a (resize, blur k=3, flip, rotation); seed-b (resize + centre crop, flip, colour jitter, affine, rotation 20, random erasing).", choices=AUG_PRESETS, group=A)
+    hflip: Optional[float] = option(None, "Horizontal flip probability (overrides the preset).", group=A)
+    vflip: Optional[float] = option(None, "Vertical flip probability (overrides the preset).", group=A)
+    rotation: Optional[float] = option(None, "Random rotation range in degrees (overrides the preset).", group=A)
+    blur: Optional[float] = option(None, "Probability of a 3x3 Gaussian blur (overrides the preset).", group=A)
+    color_jitter: Optional[float] = option(None, "Colour jitter strength for brightness/contrast/saturation (overrides the preset).", group=A)
+    translate: Optional[float] = option(None, "Random affine translation as a fraction of the size (overrides the preset).", group=A)
+    random_erasing: Optional[float] = option(None, "Random erasing probability (overrides the preset).", group=A)
+    # --- hardware
+    device: str = option("auto", "auto = CUDA, else MPS, else CPU.", choices=DEVICES, group=H)
+    amp: bool = option(True, "Mixed precision (bf16, or fp16 + GradScaler on GPUs without bf16). Always off on CPU.", group=H)
+    channels_last: bool = option(False, "Use the channels_last memory format (faster convolutions with AMP on GPU).", group=H)
+    workers: int = option(2, "DataLoader worker processes.", group=H)
+    seed: int = option(0, "Random seed.", group=H)
+    # --- output
+    out: Path = option(Path("runs/train"), "Run folder for checkpoints, metrics and curves.", group=X)
+    resume: bool = option(False, "Continue the run in --out from its last.pt.", group=X)
+    tensorboard: bool = option(True, "Write TensorBoard event files.", group=X)
+    verify_images: bool = option(True, "Decode every image once before training and skip unreadable ones.", group=X)
+
+    def __post_init__(self):
+        check(self.epochs > 0, f"--epochs must be positive (got {self.epochs})")
+        check(self.batch_size > 0, f"--batch-size must be positive (got {self.batch_size})")
+        check(self.lr > 0, f"--lr must be positive (got {self.lr})")
+        check(self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})")
+        check(0 <= self.momentum < 1, f"--momentum must be in [0, 1) (got {self.momentum})")
+        check_choice("optimizer", self.opt, OPTIMIZERS)
+        check_choice("scheduler", self.sched, SCHEDULERS)
+        check_choice("augmentation preset", self.aug, AUG_PRESETS)
+        check_choice("device", self.device.split(":")[0], DEVICES)
+        check(self.warmup_epochs >= 0, "--warmup-epochs must be >= 0")
+        check(0 <= self.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]")
+        check(self.step_size > 0, "--step-size must be positive")
+        check(0 < self.gamma <= 1, "--gamma must be in (0, 1]")
+        check(0 <= self.drop_rate < 1, f"--drop-rate must be in [0, 1) (got {self.drop_rate})")
+        check(0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)")
+        check(self.img_size is None or 8 <= self.img_size <= 4096, f"--img-size must be in [8, 4096] (got {self.img_size})")
+        check(0 <= self.border_crop < 0.5, "--border-crop must be in [0, 0.5)")
+        check(self.workers >= 0, "--workers must be >= 0")
+        for name in ("hflip", "vflip", "blur", "random_erasing"):
+            v = getattr(self, name)
+            check(v is None or 0 <= v <= 1, f"--{name.replace('_', '-')} is a probability in [0, 1]")
