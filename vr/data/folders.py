@@ -68,7 +68,7 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def scan_image_folder(root: str | Path, classes: ClassMap | None = None, verify: bool = True,
-                      what: str = "data") -> ScanResult:
+                      what: str = "data", reference: str = "the model's classes") -> ScanResult:
     """Scan ``root/<class>/<image>``.
 
     Without ``classes`` the class order is the folders' natural order. With ``classes`` (val/test
@@ -88,7 +88,7 @@ def scan_image_folder(root: str | Path, classes: ClassMap | None = None, verify:
         unknown = [d.name for d in folders if d.name not in classes.names]
         if unknown:
             shown = ", ".join(repr(u) for u in unknown[:10])
-            raise VrError(f"{what} folder {root} has classes the model was not trained on: {shown}")
+            raise VrError(f"{what} folder {root} has classes not in {reference}: {shown}")
     per_class = {d.name: list_images(d) for d in folders}
     empty = [name for name, files in per_class.items() if not files]
     for name in empty:

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from rich.console import Console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+def _console(stderr: bool) -> Console:
+    c = Console(stderr=stderr, highlight=False)
+    if not c.is_terminal:
+        # Logs and CI: rich would wrap at 80 columns and squeeze the progress columns.
+        c = Console(stderr=stderr, highlight=False, width=140)
+    return c
+
+
+console = _console(False)
+err_console = _console(True)
 
 
 def info(msg: str) -> None:

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny real image folders written in tmp_path, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Colour-coded classes: a tiny model separates them in a couple of epochs, so accuracy checks
+# mean something. Numeric names check the natural class order ("2" before "10").
+CLASS_COLOURS = {"1": (200, 40, 40), "2": (40, 180, 60), "10": (50, 60, 200)}
+
+
+def colour_image(rng: np.random.Generator, colour, size) -> Image.Image:
+    w, h = size
+    base = np.array(colour, dtype=np.float32)
+    arr = base + rng.normal(0, 25, (h, w, 3))
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def write_image_folder(root: Path, per_class: int, seed: int = 0, sizes=((40, 40), (48, 36), (36, 52))) -> Path:
+    rng = np.random.default_rng(seed)
+    for name, colour in CLASS_COLOURS.items():
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            colour_image(rng, colour, sizes[i % len(sizes)]).save(d / f"img{i}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    """tmp/data/{train,val}/{1,2,10}/*.png: 12 train and 4 val images per class."""
+    root = tmp_path / "data"
+    write_image_folder(root / "train", 12, seed=0)
+    write_image_folder(root / "val", 4, seed=1)
+    return root
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `vr ARGS...` in-process; returns (exit code, stdout, stderr)."""
+    from vr.cli import main
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def run_vr(*args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
+    """Run `python -m vr.cli ARGS...` in a fresh process (sees exit codes such as SIGILL)."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "vr.cli", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+TINY_TRAIN = ["--model", "test_resnet", "--img-size", "32", "--device", "cpu", "--workers", "0",
+              "--batch-size", "8", "--lr", "1e-2", "--warmup-epochs", "0"]

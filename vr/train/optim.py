@@ -1,0 +1,106 @@
+"""Optimizers, the learning-rate schedule (warmup + main schedule, per optimizer step)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vr.train.config import TrainConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and normalisation parameters (1-D tensors)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def create_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.opt == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+class LRSchedule:
+    """Learning rate = base lr x multiplier(step), set before every optimizer step.
+
+    ``plateau`` drops the multiplier by ``gamma`` after ``patience`` epochs without a lower val
+    loss. All state is plain numbers, so it resumes exactly from a checkpoint.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+        self.opt = optimizer
+        self.kind = cfg.sched
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.total = cfg.epochs * self.steps_per_epoch
+        self.warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        if self.kind == "onecycle" and self.warmup == 0:
+            self.warmup = int(0.3 * self.total)
+        self.warmup = min(self.warmup, max(0, self.total - 1))
+        self.min_ratio = cfg.min_lr_ratio
+        self.step_size, self.gamma, self.patience = cfg.step_size, cfg.gamma, cfg.plateau_patience
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.step_num = 0
+        self.plateau_scale, self.best_loss, self.bad_epochs = 1.0, math.inf, 0
+        self._apply()
+
+    def multiplier(self, step: int) -> float:
+        if self.kind == "onecycle":
+            # Cosine rise from 1/25 to the peak, cosine fall to 1/2.5e4 (torch's OneCycleLR defaults).
+            lo, end = 1 / 25, 1 / 25e3
+            if step < self.warmup:
+                t = step / max(1, self.warmup)
+                return lo + (1 - lo) * (1 - math.cos(math.pi * t)) / 2
+            t = (step - self.warmup) / max(1, self.total - self.warmup)
+            return end + (1 - end) * (1 + math.cos(math.pi * min(1.0, t))) / 2
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.kind == "cosine":
+            t = (step - self.warmup) / max(1, self.total - self.warmup)
+            return self.min_ratio + (1 - self.min_ratio) * (1 + math.cos(math.pi * min(1.0, t))) / 2
+        if self.kind == "step":
+            return self.gamma ** ((step // self.steps_per_epoch) // self.step_size)
+        if self.kind == "plateau":
+            return self.plateau_scale
+        return 1.0
+
+    def _apply(self) -> None:
+        m = self.multiplier(self.step_num)
+        for g, base in zip(self.opt.param_groups, self.base_lrs):
+            g["lr"] = base * m
+
+    def step(self) -> None:
+        """Call after each optimizer step."""
+        self.step_num += 1
+        self._apply()
+
+    def epoch_end(self, val_loss: float) -> None:
+        if self.kind != "plateau" or self.step_num < self.warmup:
+            return
+        if val_loss < self.best_loss - 1e-4:
+            self.best_loss, self.bad_epochs = val_loss, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs > self.patience:
+                self.plateau_scale *= self.gamma
+                self.bad_epochs = 0
+        self._apply()
+
+    @property
+    def lr(self) -> float:
+        return self.opt.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {"step_num": self.step_num, "plateau_scale": self.plateau_scale,
+                "best_loss": self.best_loss, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.step_num = int(d["step_num"])
+        self.plateau_scale, self.best_loss, self.bad_epochs = float(d["plateau_scale"]), float(d["best_loss"]), int(d["bad_epochs"])
+        self._apply()
