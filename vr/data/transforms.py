@@ -14,7 +14,8 @@ _INTERP = {"nearest": InterpolationMode.NEAREST, "bilinear": InterpolationMode.B
 # geometry: rrc = random resized crop; squash = resize to a square; center = the eval geometry.
 PRESETS: dict[str, dict] = {
     "none": dict(geometry="center"),
-    "light": dict(geometry="rrc", hflip=0.5),
+    # No flip by default: mirroring changes the label of digits, text and signs (opt in with --hflip).
+    "light": dict(geometry="rrc"),
     "seed-a": dict(geometry="squash", blur=0.5, hflip=0.5, rotation=15.0),
     "seed-b": dict(geometry="center", hflip=0.5, color_jitter=0.2, translate=0.1, rotation=20.0, random_erasing=0.5),
 }

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole chain on scikit-learn's real handwritten digits, on CPU, in a few minutes:
+# data -> train -> export (ONNX, preprocessing + TTA in the graph) -> eval (.pt vs .onnx) -> submit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+. .venv/bin/activate
+OUT=${DEMO_DIR:-demo}
+EPOCHS=${DEMO_EPOCHS:-8}
+vr data digits "$OUT/digits" --overwrite
+rm -rf "$OUT/run"
+vr train "$OUT/digits" --model resnet18 --img-size 32 --epochs "$EPOCHS" --opt adamw --lr 2e-3 \
+  --sched onecycle --out "$OUT/run"
+vr export "$OUT/run/best.pt" --out "$OUT/run/model.onnx" --tta flip
+vr eval "$OUT/run/best.pt" "$OUT/run/model.onnx" --data "$OUT/digits/val" --out "$OUT/report" --tta flip
+vr submit "$OUT/run/model.onnx" "$OUT/digits/test" --out "$OUT/prediction.csv" --zip
+echo "demo done: run in $OUT/run, report in $OUT/report/report.md, submission in $OUT/prediction.zip"
