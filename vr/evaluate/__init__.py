@@ -1,0 +1,1 @@
+"""Evaluation and submission: one predictor interface over .pt / .onnx / .engine, metrics, reports."""

@@ -1,0 +1,74 @@
+"""EvalConfig and SubmitConfig: the options of `vr eval` and `vr submit` (no heavy imports here:
+the CLI imports this module at start-up)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from vr.config import ConfigBase, check, check_choice, option
+
+TTA_CHOICES = ("none", "flip", "five-crop", "ten-crop")
+DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
+
+_TTA_HELP = ("Test-time augmentation of a .pt checkpoint: class probabilities averaged over the views "
+             "(default: none). An .onnx/.engine has its TTA built in at export: leave this out, or give the "
+             "same mode (another mode is an error).")
+_DEVICE_HELP = ("auto, cpu, cuda, cuda:N or mps. auto: .pt on CUDA, else MPS, else CPU; .onnx tries the TensorRT, "
+                "CUDA and CPU execution providers in that order. Asking for cuda and getting CPU is an error.")
+_WORKERS_HELP = "DataLoader worker processes that decode and preprocess images (0: in the main process)."
+
+
+def _check_common(cfg) -> None:
+    check(cfg.batch_size > 0, f"--batch-size must be positive (got {cfg.batch_size})")
+    check(cfg.workers >= 0, f"--workers must be >= 0 (got {cfg.workers})")
+    check_choice("device", str(cfg.device).split(":")[0].lower(), DEVICE_KINDS)
+    if cfg.tta is not None:
+        check_choice("TTA mode", cfg.tta, TTA_CHOICES)
+
+
+@dataclass
+class EvalConfig(ConfigBase):
+    models: list[Path] = option(help="Model files to evaluate and compare: .pt checkpoints, .onnx exports, TensorRT "
+                                     ".engine files (with their .json sidecar).", argument=True)
+    data: Optional[Path] = option(None, "Labelled images, DIR/<class>/<image> (required). If DIR holds a val/ folder "
+                                        "and no model has a class named 'val', DIR/val is used, so a dataset root "
+                                        "works. Class folders are matched to each model's classes by name; a folder "
+                                        "the model does not know is an error. Unreadable images are skipped with a "
+                                        "warning naming each.")
+    out: Path = option(Path("runs/eval"), "Report folder: report.json, report.md, predictions_<model>.csv, "
+                                          "confusion_<model>.png/.csv.")
+    tta: Optional[str] = option(None, _TTA_HELP, choices=TTA_CHOICES)
+    batch_size: int = option(32, "Images per batch.")
+    device: str = option("auto", _DEVICE_HELP)
+    worst_k: int = option(5, "How many of the lowest-F1 classes to list per model.")
+    workers: int = option(2, _WORKERS_HELP)
+
+    def __post_init__(self):
+        check(self.data is not None, "--data is required: the folder of labelled images (DIR/<class>/<image>)")
+        check(len(self.models) > 0, "give at least one model file")
+        check(self.worst_k >= 0, f"--worst-k must be >= 0 (got {self.worst_k})")
+        _check_common(self)
+
+
+@dataclass
+class SubmitConfig(ConfigBase):
+    model: Path = option(help="Model file: .pt checkpoint, .onnx export or TensorRT .engine.", argument=True)
+    test_dir: Path = option(help="Folder of unlabelled test images (directly inside it, not in sub-folders).",
+                            argument=True)
+    out: Path = option(Path("prediction.csv"), "CSV to write (atomically: an interrupted run leaves the previous "
+                                               "file intact). Columns image_name (file name without extension) and "
+                                               "pred_label (class folder name), one row per image in natural order.")
+    zip: bool = option(False, "Also write OUT with the suffix .zip, holding the CSV as prediction.csv (the "
+                              "leaderboard upload).")
+    check_csv: Optional[Path] = option(None, "Validate this existing CSV instead of predicting: header, every test "
+                                             "image exactly once, every label one of the model's classes.",
+                                       flag="--check")
+    tta: Optional[str] = option(None, _TTA_HELP, choices=TTA_CHOICES)
+    batch_size: int = option(32, "Images per batch.")
+    device: str = option("auto", _DEVICE_HELP)
+    workers: int = option(2, _WORKERS_HELP)
+
+    def __post_init__(self):
+        _check_common(self)

@@ -1,0 +1,117 @@
+"""Classification metrics over predicted probabilities (scikit-learn), and model agreement.
+
+Conventions (also in report.md):
+- macro / weighted averages use scikit-learn's default label set: every class that occurs in
+  the true labels or the predictions; a precision or recall whose denominator is 0 counts as 0;
+- per-class scores and the confusion matrix cover all of the model's classes, in its order;
+- the normalised confusion matrix divides each row by its true count (rows sum to 1; a class
+  without images is a row of zeros);
+- top-k counts an image as right when its true class is among the k most probable, k = min(5, C).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from vr.data.folders import ClassMap, natural_key
+
+SUMMARY_KEYS = ("accuracy", "top5", "macro_f1", "macro_precision", "macro_recall", "weighted_f1")
+
+
+def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int = 5) -> float:
+    y_true = np.asarray(y_true)
+    if len(y_true) == 0:
+        return 0.0
+    k = max(1, min(k, probs.shape[1]))
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return float((top == y_true[:, None]).any(axis=1).mean())
+
+
+def normalise_rows(cm: np.ndarray) -> np.ndarray:
+    rows = cm.sum(axis=1, keepdims=True).astype(np.float64)
+    return np.divide(cm, rows, out=np.zeros(cm.shape, dtype=np.float64), where=rows > 0)
+
+
+def worst_classes(per_class: dict, cm: np.ndarray, names: Sequence[str], k: int) -> list[dict]:
+    """The k classes (with images) of lowest F1; ties by recall, then more images first."""
+    index = {n: i for i, n in enumerate(names)}
+    present = [(n, d) for n, d in per_class.items() if d["support"] > 0]
+    present.sort(key=lambda t: (t[1]["f1"], t[1]["recall"], -t[1]["support"], natural_key(t[0])))
+    out = []
+    for name, d in present[:max(0, k)]:
+        i = index[name]
+        row = cm[i].copy()
+        row[i] = 0
+        j = int(row.argmax()) if row.size else 0
+        out.append({"class": name, **d,
+                    "most_confused_with": names[j] if row.size and row[j] > 0 else None,
+                    "most_confused_count": int(row[j]) if row.size else 0})
+    return out
+
+
+def classification_metrics(y_true: Sequence[int], probs: np.ndarray, classes: ClassMap | Sequence[str],
+                           worst_k: int = 5) -> dict:
+    """All per-model numbers for report.json, from true indices and [N, C] probabilities."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    names = list(classes.names if isinstance(classes, ClassMap) else classes)
+    c = len(names)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs)
+    y_pred = probs.argmax(axis=1)
+    mp, mr, mf, _ = precision_recall_fscore_support(y_true, y_pred, average="macro", zero_division=0)
+    _, _, wf, _ = precision_recall_fscore_support(y_true, y_pred, average="weighted", zero_division=0)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=list(range(c)), average=None,
+                                                 zero_division=0)
+    cm = confusion_matrix(y_true, y_pred, labels=list(range(c)))
+    per_class = {names[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                            "support": int(s[i])} for i in range(c)}
+    k = min(5, c)
+    return {
+        "n_images": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "top5": top_k_accuracy(y_true, probs, k),
+        "top5_k": k,
+        "macro_f1": float(mf),
+        "macro_precision": float(mp),
+        "macro_recall": float(mr),
+        "weighted_f1": float(wf),
+        "per_class": per_class,
+        "confusion_matrix": {"labels": names, "counts": cm.astype(int).tolist(),
+                             "normalized": np.round(normalise_rows(cm), 6).tolist()},
+        "worst_classes": worst_classes(per_class, cm, names, worst_k),
+    }
+
+
+def agreement(a_probs: np.ndarray, a_classes: ClassMap, b_probs: np.ndarray, b_classes: ClassMap,
+              images: Sequence[str], true_labels: Sequence[str]) -> dict:
+    """Compare two models on the same images, matching classes by name (their orders may differ)."""
+    a_probs, b_probs = np.asarray(a_probs), np.asarray(b_probs)
+    b_set = set(b_classes.names)
+    common = [n for n in a_classes.names if n in b_set]
+    ia = [a_classes.index(n) for n in common]
+    ib = [b_classes.index(n) for n in common]
+    a_pred = [a_classes.names[i] for i in a_probs.argmax(axis=1)]
+    b_pred = [b_classes.names[i] for i in b_probs.argmax(axis=1)]
+    a_conf, b_conf = a_probs.max(axis=1), b_probs.max(axis=1)
+    same = np.array([x == y for x, y in zip(a_pred, b_pred)], dtype=bool)
+    diff = np.abs(a_probs[:, ia] - b_probs[:, ib]) if common else np.zeros((len(images), 0))
+    flipped = [{"image": images[i], "true_label": true_labels[i], "a_pred": a_pred[i], "b_pred": b_pred[i],
+                "a_confidence": round(float(a_conf[i]), 6), "b_confidence": round(float(b_conf[i]), 6)}
+               for i in np.flatnonzero(~same)]
+    return {
+        "n_images": int(len(images)),
+        "top1_agreement": float(same.mean()) if len(same) else 1.0,
+        "max_abs_prob_diff": float(diff.max()) if diff.size else None,
+        "mean_abs_prob_diff": float(diff.mean()) if diff.size else None,
+        "same_class_set": set(a_classes.names) == b_set,
+        "n_flipped": len(flipped),
+        "flipped": flipped,
+    }
+
+
+def metric_deltas(a: dict, b: dict) -> dict:
+    """b minus a for each summary metric."""
+    return {k: float(b[k] - a[k]) for k in SUMMARY_KEYS}

@@ -1,0 +1,99 @@
+"""Run a predictor over image files: decoding and host preprocessing in DataLoader workers, the
+model in the main process, timed per batch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from vr.data.images import UnreadableImage, load_rgb
+from vr.errors import VrError
+from vr.evaluate.predictors import Predictor
+
+
+@dataclass
+class PredictionRun:
+    probs: np.ndarray  # [N, C] float32, in the order of the paths
+    batch_seconds: list[float] = field(default_factory=list)  # model time of each batch
+    batch_sizes: list[int] = field(default_factory=list)
+    wall_seconds: float = 0.0  # whole loop: waiting for decoded images included, warm-up excluded
+
+    @property
+    def images_per_second(self) -> float:
+        n = int(sum(self.batch_sizes))
+        return float(n / self.wall_seconds) if self.wall_seconds > 0 else 0.0
+
+    def latency_ms(self) -> dict:
+        """Model time per batch (decoding excluded), p50 and p95, in milliseconds."""
+        ms = np.asarray(self.batch_seconds, dtype=np.float64) * 1000.0
+        if ms.size == 0:
+            return {"p50": None, "p95": None, "mean": None, "per": "batch", "batches": 0}
+        return {"p50": round(float(np.percentile(ms, 50)), 3), "p95": round(float(np.percentile(ms, 95)), 3),
+                "mean": round(float(ms.mean()), 3), "per": "batch", "batches": int(ms.size),
+                "batch_size": int(max(self.batch_sizes))}
+
+    def timing(self) -> dict:
+        model_s = float(sum(self.batch_seconds))
+        n = int(sum(self.batch_sizes))
+        return {"images_per_second": round(self.images_per_second, 2),
+                "model_images_per_second": round(n / model_s, 2) if model_s > 0 else 0.0,
+                "latency_ms": self.latency_ms(), "wall_seconds": round(self.wall_seconds, 3)}
+
+
+class ImageFiles:
+    """Map-style dataset: index -> (index, prepared item or None, reason it could not be read)."""
+
+    def __init__(self, paths: Sequence[Path], prepare: Callable[[Any], Any]):
+        self.paths = list(paths)
+        self.prepare = prepare
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            img = load_rgb(self.paths[i])
+        except UnreadableImage as e:
+            return i, None, str(e)
+        return i, self.prepare(img), None
+
+
+def as_list(batch: list) -> list:
+    return batch
+
+
+def predict_files(predictor: Predictor, paths: Sequence[Path], batch_size: int | None = None, workers: int = 0,
+                  advance: Callable[[int], None] | None = None) -> PredictionRun:
+    """Probabilities for every file; an image that cannot be decoded is an error naming it."""
+    from torch.utils.data import DataLoader
+
+    bs = batch_size or predictor.batch_size
+    loader = DataLoader(ImageFiles(paths, predictor.preparer), batch_size=bs, shuffle=False,
+                        num_workers=workers, collate_fn=as_list, prefetch_factor=4 if workers > 0 else None)
+    result = PredictionRun(np.zeros((len(paths), predictor.num_classes), dtype=np.float32))
+    warm_seconds = 0.0
+    start = time.perf_counter()
+    for batch in loader:
+        bad = [reason for _, item, reason in batch if item is None]
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise VrError(f"unreadable image {bad[0]}{more}")
+        idx = [i for i, _, _ in batch]
+        items = [item for _, item, _ in batch]
+        if not result.batch_sizes:  # untimed warm-up: first-call costs (allocation, kernel choice)
+            t = time.perf_counter()
+            predictor.run(items[:1])
+            warm_seconds = time.perf_counter() - t
+        t = time.perf_counter()
+        probs = predictor.run(items)
+        result.batch_seconds.append(time.perf_counter() - t)
+        result.batch_sizes.append(len(items))
+        result.probs[idx] = probs
+        if advance is not None:
+            advance(len(items))
+    result.wall_seconds = time.perf_counter() - start - warm_seconds
+    return result

@@ -1,0 +1,184 @@
+"""`vr submit`: the leaderboard CSV (NYCU VRDL HW1 format), and `--check` of an existing one.
+
+Format: header ``image_name,pred_label``; ``image_name`` is the file name without its extension;
+``pred_label`` is the class *folder name* (never the class index: with classes 0..99 the index
+order and the name order differ); one row per image, in natural order of the names.
+
+Refusals, each naming the files: an empty or missing folder, two files with the same stem, and
+unreadable images (a submission needs a row for every image, so the run stops instead of
+skipping one).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from vr.data.folders import ClassMap, list_images, natural_key
+from vr.data.images import check_image
+from vr.errors import VrError
+from vr.evaluate.config import SubmitConfig
+from vr.util.console import info
+
+HEADER = ("image_name", "pred_label")
+ZIP_MEMBER = "prediction.csv"
+
+
+def _names(items, limit: int = 10) -> str:
+    items = list(items)
+    shown = ", ".join(str(i) for i in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def list_test_images(test_dir: str | Path, verify: bool = True) -> list[Path]:
+    """Images directly in ``test_dir``, sorted naturally by stem; refuses empty folders, clashing
+    stems and (with ``verify``) unreadable files, naming each."""
+    root = Path(test_dir)
+    if not root.is_dir():
+        raise VrError(f"test folder not found: {root}")
+    paths = list_images(root)
+    if not paths:
+        subdirs = [d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        hint = f" (it has sub-folders {_names(subdirs, 3)}: pass the folder that holds the images)" if subdirs else ""
+        raise VrError(f"test folder {root} holds no images{hint}")
+    by_stem: dict[str, list[str]] = {}
+    for p in paths:
+        by_stem.setdefault(p.stem, []).append(p.name)
+    clashes = [files for files in by_stem.values() if len(files) > 1]
+    if clashes:
+        raise VrError(f"test files share a name without extension, so image_name would be ambiguous: "
+                      + "; ".join(" and ".join(f) for f in clashes[:5])
+                      + (f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""))
+    if verify:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            reasons = [r for r in pool.map(check_image, paths) if r is not None]
+        if reasons:
+            raise VrError(f"{len(reasons)} unreadable test image(s), and a submission needs a row for every image "
+                          f"(fix or remove them): {_names(reasons, 5)}")
+    return sorted(paths, key=lambda p: natural_key(p.stem))
+
+
+def check_output_file(path: Path) -> Path:
+    """Fail early, in one line, when ``path`` cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise VrError(f"cannot write {path}: it is a folder (give a file name, e.g. {path / 'prediction.csv'})")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise VrError(f"cannot write {path}: cannot create folder {parent} ({e.strerror or e})") from None
+    if not os.access(parent, os.W_OK):
+        raise VrError(f"cannot write {path}: folder {parent} is not writable")
+    return path
+
+
+def submission_text(stems: list[str], labels: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(HEADER)
+    w.writerows(zip(stems, labels))
+    return buf.getvalue()
+
+
+def _write(path: Path, data: bytes) -> None:
+    from vr.util.io import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as e:
+        raise VrError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def write_submission(out: Path, stems: list[str], labels: list[str], zip_too: bool = False) -> Path | None:
+    text = submission_text(stems, labels)
+    zip_path = None
+    if zip_too:
+        zip_path = out.with_suffix(".zip")
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(ZIP_MEMBER, text)
+        _write(zip_path, buf.getvalue())
+    _write(out, text.encode("utf-8"))
+    return zip_path
+
+
+def check_submission(csv_path: Path, test_dir: Path, classes: ClassMap) -> int:
+    """Validate an existing submission; returns its row count or raises VrError listing the problems."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise VrError(f"CSV to check not found: {csv_path}")
+    stems = [p.stem for p in list_test_images(test_dir, verify=False)]
+    try:
+        rows = list(csv.reader(io.StringIO(csv_path.read_text(encoding="utf-8-sig"))))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise VrError(f"cannot read {csv_path}: {e}") from None
+    problems = []
+    if not rows or tuple(c.strip() for c in rows[0]) != HEADER:
+        found = ",".join(rows[0]) if rows else "(empty file)"
+        problems.append(f"header is {found}, expected {','.join(HEADER)}")
+        body = rows[1:] if rows else []
+    else:
+        body = rows[1:]
+    bad_width = [i + 2 for i, r in enumerate(body) if len(r) != 2]
+    if bad_width:
+        problems.append(f"rows without exactly 2 columns at lines {_names(bad_width, 5)}")
+    body = [r for r in body if len(r) == 2]
+    seen: dict[str, int] = {}
+    for name, _ in body:
+        seen[name] = seen.get(name, 0) + 1
+    dup = [n for n, c in seen.items() if c > 1]
+    missing = [s for s in stems if s not in seen]
+    extra = [n for n in seen if n not in set(stems)]
+    vocab = set(classes.names)
+    unknown = sorted({label for _, label in body if label not in vocab}, key=natural_key)
+    if dup:
+        problems.append(f"{len(dup)} image(s) listed more than once: {_names(dup, 5)}")
+    if missing:
+        problems.append(f"{len(missing)} test image(s) missing: {_names(missing, 5)}")
+    if extra:
+        problems.append(f"{len(extra)} name(s) not in {test_dir}: {_names(extra, 5)}")
+    if unknown:
+        problems.append(f"{len(unknown)} label(s) not among the model's classes: {_names(unknown, 5)}")
+    if problems:
+        raise VrError(f"{csv_path} is not a valid submission: " + "; ".join(problems))
+    return len(body)
+
+
+def run_submit(cfg: SubmitConfig) -> Path:
+    from vr.evaluate.predictors import load_predictor, model_classes
+
+    if cfg.check_csv is not None:
+        n = check_submission(cfg.check_csv, cfg.test_dir, model_classes(cfg.model))
+        info(f"{cfg.check_csv} is a valid submission: {n} rows, one per test image, labels among the model's classes")
+        return Path(cfg.check_csv)
+
+    out = check_output_file(cfg.out)
+    if cfg.zip:
+        check_output_file(out.with_suffix(".zip"))
+    paths = list_test_images(cfg.test_dir)
+    predictor = load_predictor(cfg.model, device=cfg.device, tta=cfg.tta, batch_size=cfg.batch_size)
+    info(f"{cfg.model}: {predictor.runtime} on {predictor.provider} · TTA {predictor.tta} · "
+         f"{len(predictor.classes)} classes · {len(paths)} test images")
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from vr.evaluate.runner import predict_files
+    from vr.util.console import console
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as progress:
+        task = progress.add_task("predict", total=len(paths))
+        run = predict_files(predictor, paths, cfg.batch_size, cfg.workers, advance=lambda n: progress.advance(task, n))
+    labels = [predictor.classes.names[i] for i in run.probs.argmax(axis=1)]
+    zip_path = write_submission(out, [p.stem for p in paths], labels, cfg.zip)
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    info(f"wrote {out}: {len(labels)} rows, {len(counts)} distinct labels"
+         + (f"; {zip_path} holds it as {ZIP_MEMBER}" if zip_path else ""))
+    return out
