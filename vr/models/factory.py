@@ -128,8 +128,21 @@ def load_pretrained(model: nn.Module, path: str | Path) -> None:
     if missing:
         raise VrError(f"{path} lacks {len(missing)} backbone tensors, e.g. {missing[0]}")
     model.load_state_dict(mapped, strict=False)
+    if dropped:
+        zero_classifier(model)
     note = ", classifier re-initialised (class count differs)" if dropped else ""
     info(f"loaded {len(mapped)} tensors from {Path(path).name} ({how}){note}")
+
+
+def zero_classifier(model: nn.Module) -> None:
+    """Start a new head at zero: the first logits are uniform, so the pretrained features are not
+    hit by large random-head gradients in the first steps (timm's init gives 2-class heads logits
+    of several units)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
 
 
 def weights_preprocess_hints(pretrained: str | None) -> dict:

@@ -1,0 +1,1 @@
+"""vr export: ONNX (preprocessing and TTA in the graph), TensorRT, and the parity gate."""
