@@ -88,7 +88,7 @@ def config_command(app: typer.Typer, name: str, cls, run: Callable[[Any], Any], 
                 show_default=False)]))
 
     def command(**kwargs):
-        yaml_path = kwargs.pop("config", None)
+        yaml_path = kwargs.pop("config", None) if yaml_option else None
         values = {k: (v.value if isinstance(v, Enum) else v) for k, v in kwargs.items()}
         values = {k: ([x.value if isinstance(x, Enum) else x for x in v] if isinstance(v, list) else v)
                   for k, v in values.items()}
