@@ -1,29 +1,41 @@
-"""run(config): the epoch loop of `vr train`."""
+"""run(config): the epoch loop of `vr train`, in one process or as one DDP rank under torchrun.
+
+Crash safety, in order of writes at the end of each epoch: best.pt and the --save-top-k files,
+then last.pt (weights + full training state + the metrics history), then metrics.csv. Every
+write is atomic, and a resumed run rebuilds metrics.csv from the history inside last.pt, so
+``kill -9`` at any instant loses at most the epoch in progress and metrics.csv never repeats or
+skips an epoch.
+"""
 
 from __future__ import annotations
 
 import math
 import random
+import re
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vr.data.dataset import ImageDataset
-from vr.data.folders import ClassMap, scan_image_folder
+from vr.data.folders import scan_image_folder
 from vr.data.transforms import build_train_transform
 from vr.errors import VrError
 from vr.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from vr.models.factory import count_params, create_model, format_params, weights_preprocess_hints
+from vr.models.factory import (check_model_name, count_params, create_model, format_params,
+                               weights_preprocess_hints)
 from vr.models.preprocess import Preprocess, resolve_preprocess
+from vr.train import distributed as D
 from vr.train.config import TrainConfig
 from vr.train.logging import RunLogger, read_metrics
 from vr.train.optim import LRSchedule, create_optimizer
-from vr.util.console import console, info, warn
+from vr.util.console import console, err_console, info, warn
 from vr.util.device import Runtime, resolve_runtime
 from vr.util.io import check_writable_dir
 
@@ -37,6 +49,16 @@ class TrainResult:
     params: int
     skipped: int
     run_dir: Path
+    stopped: str = ""  # "" (ran all epochs) or "early" (--patience)
+
+
+class TrainingInterrupted(SystemExit):
+    """Ctrl-C: the resume line is printed; exit 130 with nothing more (a SystemExit, so the CLI
+    adds no second message)."""
+
+    def __init__(self, agreed: bool = False):
+        super().__init__(130)
+        self.agreed = agreed  # all ranks stopped together at the same step
 
 
 def seed_everything(seed: int) -> None:
@@ -60,7 +82,7 @@ def set_rng_state(state: dict) -> None:
     n = state["numpy"]
     np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
@@ -87,28 +109,182 @@ def check_input_size(model: nn.Module, size: int, name: str) -> None:
         model.train(was_training)
 
 
-def _loader(ds, batch_size, shuffle, workers, rt: Runtime, generator=None) -> DataLoader:
+class EpochSeeded(Dataset):
+    """Sample ``i`` of epoch ``e`` is augmented from an RNG seeded by (seed, e, i).
+
+    So the augmentation of every sample is the same whatever the worker count, the number of
+    processes or where a run was resumed; the epoch lives in shared memory so persistent
+    DataLoader workers see it change.
+    """
+
+    def __init__(self, ds: Dataset, seed: int):
+        self.ds, self.seed = ds, seed
+        self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch.fill_(epoch)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        s = ((self.seed * 100_003 + int(self.epoch)) * 2_147_483_659 + i) % 2**63
+        if torch.utils.data.get_worker_info() is not None:
+            torch.manual_seed(s)
+            return self.ds[i]
+        with torch.random.fork_rng(devices=[]):  # keep the main process's stream (dropout) intact
+            torch.manual_seed(s)
+            return self.ds[i]
+
+
+def _loader(ds, batch_size: int, rt: Runtime, workers: int, *, train: bool, sampler=None,
+            generator=None) -> DataLoader:
+    n = len(sampler) if sampler is not None else len(ds)
     return DataLoader(
-        ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
-        pin_memory=rt.device.type == "cuda", drop_last=shuffle and len(ds) > batch_size,
-        persistent_workers=workers > 0,
+        ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler, num_workers=workers,
+        generator=generator, pin_memory=rt.device.type == "cuda", drop_last=train and n > batch_size,
+        persistent_workers=workers > 0, worker_init_fn=D.ignore_sigint_in_worker if workers > 0 else None,
     )
 
 
-def evaluate_loss_acc(model, loader, criterion, rt: Runtime, channels_last: bool) -> tuple[float, float]:
+def build_criterion(cfg: TrainConfig) -> nn.Module:
+    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def evaluate(model: nn.Module, loader, criterion, rt: Runtime, channels_last: bool,
+             ctx: D.DistContext | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy over the loader; under DDP each rank holds a disjoint shard and
+    the sums (loss x n, correct, n) are added over ranks, so every image counts exactly once."""
     model.eval()
-    total, correct, loss_sum = 0, 0, 0.0
-    with torch.inference_mode():
+    sums = torch.zeros(3, dtype=_acc_dtype(rt.device), device=rt.device)
+    with torch.no_grad():
         for x, y in loader:
             x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with rt.autocast():
                 logits = model(x)
-            loss_sum += criterion(logits.float(), y).item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            total += len(y)
-    return loss_sum / max(1, total), correct / max(1, total)
+            sums[0] += criterion(logits.float(), y) * len(y)
+            sums[1] += (logits.argmax(1) == y).sum()
+            sums[2] += len(y)
+    if ctx is not None:
+        ctx.all_reduce_sum(sums)
+    loss_sum, correct, total = sums.tolist()
+    return loss_sum / max(1.0, total), correct / max(1.0, total)
+
+
+# Kept for callers of the earlier name.
+def evaluate_loss_acc(model, loader, criterion, rt: Runtime, channels_last: bool) -> tuple[float, float]:
+    return evaluate(model, loader, criterion, rt, channels_last)
+
+
+class TrainStep:
+    """One batch: forward, loss, backward, and on the last micro-batch of an accumulation group
+    the clip / optimizer / schedule / EMA updates. Loss, correct and non-finite counts are
+    accumulated on the device, so a step never waits for the device."""
+
+    def __init__(self, model: nn.Module, raw: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
+                 scaler: torch.amp.GradScaler, criterion: nn.Module, rt: Runtime, *, channels_last: bool = False,
+                 clip_grad: float | None = None, ema=None, ddp: nn.Module | None = None):
+        self.model, self.raw, self.opt, self.schedule = model, raw, optimizer, schedule
+        self.scaler, self.criterion, self.rt = scaler, criterion, rt
+        self.device = rt.device
+        self.channels_last, self.clip_grad, self.ema, self.ddp = channels_last, clip_grad, ema, ddp
+        self.params = [p for p in raw.parameters() if p.requires_grad]
+        self.loss_sum = torch.zeros((), dtype=_acc_dtype(self.device), device=self.device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.bad = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.seen = 0
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        self.bad.zero_()
+        self.seen = 0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, update: bool = True, div: int = 1) -> None:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.ddp is not None and not update:
+            with self.ddp.no_sync():  # accumulate locally; gradients are all-reduced on the last micro-batch
+                loss, logits = self._forward_backward(x, y, div)
+        else:
+            loss, logits = self._forward_backward(x, y, div)
+        if update:
+            if self.clip_grad:
+                self.scaler.unscale_(self.opt)
+                torch.nn.utils.clip_grad_norm_(self.params, self.clip_grad)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.opt.zero_grad(set_to_none=True)
+            self.schedule.step()
+            if self.ema is not None:
+                self.ema.update(self.raw, step=self.schedule.step_num)
+        with torch.no_grad():
+            loss = loss.detach()
+            n = y.shape[0]
+            self.loss_sum.add_(loss, alpha=n)
+            self.correct.add_((logits.detach().argmax(1) == y).sum())
+            self.bad.add_(torch.isfinite(loss).logical_not())
+        self.seen += n
+
+    def _forward_backward(self, x, y, div):
+        with self.rt.autocast():
+            logits = self.model(x)
+            loss = self.criterion(logits.float(), y)
+        self.scaler.scale(loss / div if div > 1 else loss).backward()
+        return loss, logits
+
+
+class _NoInterrupt:
+    requested = False
+
+
+def train_epoch(step: TrainStep, batches: Iterable, n_batches: int, *, accum: int = 1,
+                ctx: D.DistContext | None = None, interrupt=None, check_every: int = 1,
+                on_check: Callable[[int], None] | None = None) -> tuple[str | None, int]:
+    """Run one epoch of ``step`` over ``batches``. Every ``check_every`` steps (every step on CPU,
+    where reading a number costs nothing) the non-finite-loss count is read, and under DDP the
+    ranks agree on stopping (Ctrl-C on any rank, a bad loss on any rank) at the same step.
+
+    Returns (None | "nonfinite" | "interrupt", steps run).
+    """
+    ctx = ctx or D.DistContext()
+    interrupt = interrupt or _NoInterrupt()
+    step.reset()
+    done = 0
+    for i, (x, y) in enumerate(batches):
+        g0 = i - i % accum
+        step(x, y, update=(i + 1) % accum == 0 or i + 1 == n_batches, div=min(accum, n_batches - g0))
+        done = i + 1
+        check = done % check_every == 0 or done == n_batches
+        stop, bad = ctx.any_flags([int(interrupt.requested), int(step.bad.item()) if check else 0])
+        if check and on_check is not None:
+            on_check(done)
+        if bad:
+            return "nonfinite", done
+        if stop:
+            return "interrupt", done
+    return None, done
+
+
+class _NullProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
 
 
 def _progress():
@@ -118,8 +294,8 @@ def _progress():
                     TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console, transient=False)
 
 
-def run(cfg: TrainConfig) -> TrainResult:
-    """Train according to ``cfg``; write the run folder; return the summary."""
+def check_paths(cfg: TrainConfig) -> tuple[Path, Path]:
+    """The checks that need no model or images: data layout, run folder, resume state."""
     data = Path(cfg.data)
     if not data.is_dir():
         raise VrError(f"data folder not found: {data}")
@@ -127,145 +303,371 @@ def run(cfg: TrainConfig) -> TrainResult:
         if not (data / split).is_dir():
             raise VrError(f"{data} has no {split}/ folder (expected {data}/train/<class>/ and {data}/val/<class>/)")
     run_dir = check_writable_dir(cfg.out)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    resume_ckpt = None
-    if cfg.resume:
-        if not last_path.is_file():
-            raise VrError(f"--resume: no {last_path} to resume from")
-        resume_ckpt = load_checkpoint(last_path)
-        if resume_ckpt.train_state is None:
-            raise VrError(f"{last_path} holds no training state to resume from")
-    elif last_path.exists():
+    last_path = run_dir / "last.pt"
+    if cfg.resume and not last_path.is_file():
+        raise VrError(f"--resume: no {last_path} to resume from")
+    if not cfg.resume and last_path.exists():
         raise VrError(f"{run_dir} already holds a run; add --resume to continue it or pick another --out")
+    return data, run_dir
+
+
+def _precheck_launch(cfg: TrainConfig) -> None:
+    check_paths(cfg)
+    check_model_name(cfg.model)
+    dev = (cfg.device or "auto").lower()
+    gpu = dev.startswith("cuda") or (dev == "auto" and torch.cuda.is_available())
+    if dev == "mps":
+        raise VrError("--nproc-per-node needs CUDA GPUs or the CPU; MPS is not supported")
+    if gpu:
+        if not torch.cuda.is_available():
+            raise VrError(f"--device {cfg.device} was asked for but no CUDA GPU is visible to torch")
+        if torch.cuda.device_count() < cfg.nproc_per_node:
+            raise VrError(f"--nproc-per-node {cfg.nproc_per_node} needs as many GPUs; "
+                          f"{torch.cuda.device_count()} visible")
+    elif cfg.sync_bn:
+        raise VrError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernels); drop it on CPU")
+
+
+def _resume_hint(data: Path, run_dir: Path) -> str:
+    args = f"train {shlex.quote(str(data))} --config {shlex.quote(str(run_dir / 'config.yaml'))} --resume"
+    if D.under_torchrun() and not D.launched_by_vr():
+        return f"Resume by rerunning your torchrun command with: -m vr.cli {args}"
+    return f"Resume with: vr {args}"
+
+
+_TOPK_RE = re.compile(r"^epoch(\d+)\.pt$")
+
+
+def topk_name(epoch: int) -> str:
+    return f"epoch{epoch:03d}.pt"
+
+
+def update_top_k(top: list, k: int, epoch: int, acc: float) -> tuple[list, list[int], bool]:
+    """Rank by val acc (ties: the earlier epoch stays). Returns (new list, evicted epochs, kept)."""
+    ranked = sorted([list(t) for t in top] + [[acc, epoch]], key=lambda t: (-t[0], t[1]))
+    keep, drop = ranked[:k], ranked[k:]
+    return keep, [int(e) for _, e in drop], any(int(e) == epoch for _, e in keep)
+
+
+def run(cfg: TrainConfig) -> TrainResult | None:
+    """Train according to ``cfg``; write the run folder; return the summary.
+
+    With ``nproc_per_node > 1`` outside torchrun, re-launch through torchrun and return None;
+    a non-zero exit of the workers is raised as SystemExit (they have reported it already).
+    """
+    if cfg.nproc_per_node > 1 and not D.under_torchrun():
+        _precheck_launch(cfg)
+        code = D.launch(cfg)
+        if code:
+            raise SystemExit(code)
+        return None
+
+    import signal
+    import threading
+
+    restore_int = None
+    if D.under_torchrun() and threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        restore_int = signal.signal(signal.SIGINT, signal.default_int_handler)  # the launcher ignores it for us
+    ctx, device = D.setup(cfg.device)
+    clean = False
+    try:
+        result = _run(cfg, ctx, device)
+        clean = True
+        return result
+    except (TrainingInterrupted, D.AgreedError) as e:
+        agreed = isinstance(e, D.AgreedError) or e.agreed
+        code = e.code if isinstance(e, TrainingInterrupted) else 2
+        if ctx.enabled and agreed:
+            clean = True
+            if D.launched_by_vr():
+                # Exit 0 so torchrun does not report a "failure"; the launcher exits with `code`.
+                if ctx.is_main:
+                    if isinstance(e, VrError):
+                        from rich.markup import escape
+
+                        err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
+                    D.write_status(code)
+                return None
+            if not ctx.is_main:
+                raise SystemExit(code) from None  # rank 0 reports it
+        raise
+    except VrError as e:
+        if ctx.enabled and not ctx.is_main:
+            D.unquiet(ctx)
+            raise VrError(f"rank {ctx.rank}: {e}") from None
+        raise
+    except BaseException:
+        D.unquiet(ctx)
+        raise
+    finally:
+        D.teardown(ctx, clean)
+        if restore_int is not None:
+            signal.signal(signal.SIGINT, restore_int)
+
+
+def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
+    data, run_dir = ctx.on_main(lambda: check_paths(cfg))
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if ctx.enabled and cfg.nproc_per_node > 1 and cfg.nproc_per_node != ctx.local_world_size:
+        warn(f"--nproc-per-node {cfg.nproc_per_node} is ignored under torchrun, which started "
+             f"{ctx.local_world_size} processes on this machine")
+
+    def load_resume():
+        if not cfg.resume:
+            return None
+        ck = load_checkpoint(last_path)
+        if ck.train_state is None:
+            raise VrError(f"{last_path} holds no training state to resume from")
+        if ck.model_name != cfg.model:
+            raise VrError(f"{last_path} is a {ck.model_name} run but --model is {cfg.model}; resume with "
+                          f"--config {run_dir / 'config.yaml'} to reuse the run's options")
+        return ck
+
+    resume_ckpt = ctx.agree(load_resume)
 
     seed_everything(cfg.seed)
-    rt = resolve_runtime(cfg.device, cfg.amp)
+    rt = resolve_runtime(device, cfg.amp, verbose=ctx.is_main)
+    if ctx.enabled:
+        info(f"DDP: {ctx.world_size} processes ({ctx.backend}) x batch {cfg.batch_size} = "
+             f"global batch {ctx.world_size * cfg.batch_size}")
 
-    train_scan = scan_image_folder(data / "train", verify=cfg.verify_images, what="train")
+    def scan():
+        train_scan = scan_image_folder(data / "train", verify=cfg.verify_images, what="train")
+        if resume_ckpt is not None and resume_ckpt.classes != train_scan.classes:
+            raise VrError(f"the classes in {data / 'train'} differ from those of the run being resumed")
+        val_scan = scan_image_folder(data / "val", classes=train_scan.classes, verify=cfg.verify_images,
+                                     what="val", reference="train/")
+        return train_scan, val_scan
+
+    # Rank 0 scans (and decodes every image once); the others get the same lists.
+    train_scan, val_scan = ctx.on_main(scan)
     classes = train_scan.classes
-    if resume_ckpt is not None and resume_ckpt.classes != classes:
-        raise VrError(f"the classes in {data / 'train'} differ from those of the run being resumed")
-    val_scan = scan_image_folder(data / "val", classes=classes, verify=cfg.verify_images, what="val",
-                                 reference="train/")
     skipped = len(train_scan.skipped) + len(val_scan.skipped)
 
-    model = create_model(cfg.model, len(classes), cfg.drop_rate,
-                         pretrained=None if resume_ckpt else cfg.pretrained)
-    pre = resume_ckpt.preprocess if resume_ckpt else resolve_run_preprocess(cfg, model)
-    check_input_size(model, pre.input_size, cfg.model)
-    n_params = count_params(model)
+    def build():
+        if cfg.sync_bn and rt.device.type != "cuda":
+            raise VrError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernels); drop it on CPU")
+        m = create_model(cfg.model, len(classes), cfg.drop_rate, pretrained=None if resume_ckpt else cfg.pretrained)
+        p = resume_ckpt.preprocess if resume_ckpt else resolve_run_preprocess(cfg, m)
+        check_input_size(m, p.input_size, cfg.model)
+        if resume_ckpt is not None:
+            m.load_state_dict(resume_ckpt.state_dict)
+        return m, p
+
+    raw, pre = ctx.agree(build)
+    n_params = count_params(raw)
     info(f"{cfg.model}: {format_params(n_params)} params · {len(classes)} classes · "
          f"{len(train_scan.samples)} train / {len(val_scan.samples)} val images · input {pre.input_size}px "
          f"(resize {pre.resize_size}, {pre.interpolation})")
+    if cfg.sync_bn and not ctx.enabled:
+        warn("--sync-bn only matters with several processes (--nproc-per-node); ignored")
 
-    classes.save(run_dir / "classes.json")
-    cfg.replace(data=data.resolve()).save_yaml(run_dir / "config.yaml")
+    saved_cfg = cfg.replace(data=data.resolve(), resume=False)
+    if ctx.is_main:
+        classes.save(run_dir / "classes.json")
+        saved_cfg.save_yaml(run_dir / "config.yaml")
 
-    train_ds = ImageDataset(train_scan.samples, build_train_transform(
+    train_ds = EpochSeeded(ImageDataset(train_scan.samples, build_train_transform(
         pre, cfg.aug, hflip=cfg.hflip, vflip=cfg.vflip, rotation=cfg.rotation, blur=cfg.blur,
-        color_jitter=cfg.color_jitter, translate=cfg.translate, random_erasing=cfg.random_erasing))
+        color_jitter=cfg.color_jitter, translate=cfg.translate, random_erasing=cfg.random_erasing)), cfg.seed)
     val_ds = ImageDataset(val_scan.samples, pre)
-    gen = torch.Generator()
-    train_loader = _loader(train_ds, cfg.batch_size, True, cfg.workers, rt, gen)
-    val_loader = _loader(val_ds, cfg.batch_size, False, cfg.workers, rt)
+    # The shuffle of epoch e is a permutation seeded by (seed, e) alone, in one process as in DDP
+    # (a DataLoader generator would not do: persistent workers skip a draw from it after epoch 1).
+    train_sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                       seed=cfg.seed * 100003)
+    val_sampler = D.ShardSampler(len(val_ds), ctx.rank, ctx.world_size) if ctx.enabled else None
+    # The loader's own generator only seeds worker processes (unused: see EpochSeeded); a private
+    # one keeps it from drawing on the global RNG.
+    train_loader = _loader(train_ds, cfg.batch_size, rt, cfg.workers, train=True, sampler=train_sampler,
+                           generator=torch.Generator().manual_seed(cfg.seed))
+    val_loader = _loader(val_ds, cfg.batch_size, rt, cfg.workers, train=False, sampler=val_sampler)
 
-    model.to(rt.device)
+    raw.to(rt.device)
     if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = create_optimizer(model, cfg)
-    schedule = LRSchedule(optimizer, cfg, len(train_loader))
+        raw.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and ctx.enabled:
+        raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
+    ema = None
+    if cfg.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(raw, decay=cfg.ema_decay)
+    optimizer = create_optimizer(raw, cfg)
+    n_batches = len(train_loader)
+    accum = cfg.accum_steps
+    schedule = LRSchedule(optimizer, cfg, math.ceil(n_batches / accum))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.use_scaler)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion = build_criterion(cfg)
 
     start_epoch, best_acc, best_epoch = 1, -1.0, 0
     history: list[dict] = []
+    top: list = []
     if resume_ckpt is not None:
         ts = resume_ckpt.train_state
-        model.load_state_dict(resume_ckpt.state_dict)
         optimizer.load_state_dict(ts["optimizer"])
         schedule.load_state_dict(ts["schedule"])
         scaler.load_state_dict(ts["scaler"])
         set_rng_state(ts["rng"])
+        if ema is not None:
+            if ts.get("ema") is not None:
+                ema.module.load_state_dict(ts["ema"])
+            else:
+                warn(f"{last_path} has no EMA state (the run had no --ema); the EMA starts from the current weights")
         start_epoch = resume_ckpt.epoch + 1
         best_acc, best_epoch = float(ts["best_acc"]), int(ts["best_epoch"])
-        history = [r for r in read_metrics(run_dir / "metrics.csv") if r["epoch"] <= resume_ckpt.epoch]
+        top = [list(t) for t in ts.get("top_k", [])][: cfg.save_top_k]
+        if "history" in ts:
+            history = [dict(r) for r in ts["history"] if r["epoch"] <= resume_ckpt.epoch]
+        else:  # checkpoints written before the history was kept in last.pt
+            history = [r for r in read_metrics(run_dir / "metrics.csv") if r["epoch"] <= resume_ckpt.epoch]
+        was_world = int(ts.get("world_size", 1))
+        if was_world != ctx.world_size:
+            warn(f"resuming with {ctx.world_size} process(es) where the run used {was_world}: the batches, "
+                 "and so the results, differ from an uninterrupted run")
         info(f"resuming {run_dir} after epoch {resume_ckpt.epoch} (best val acc {best_acc:.4f} at epoch {best_epoch})")
-    logger = RunLogger(run_dir, cfg.tensorboard, history)
+        if ctx.is_main:  # top-k files from epochs that last.pt does not know (a crash between writes)
+            keep = {int(e) for _, e in top}
+            for f in run_dir.glob("epoch*.pt"):
+                m = _TOPK_RE.match(f.name)
+                if m and int(m.group(1)) not in keep:
+                    f.unlink(missing_ok=True)
 
-    def make_ckpt(epoch: int, metrics: dict, train_state: dict | None) -> Checkpoint:
+    ddp = None
+    train_model: nn.Module = raw
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ddp = DDP(raw, device_ids=[ctx.local_rank] if rt.device.type == "cuda" else None)
+        train_model = ddp
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    step = TrainStep(train_model, raw, optimizer, schedule, scaler, criterion, rt, channels_last=cfg.channels_last,
+                     clip_grad=cfg.clip_grad, ema=ema, ddp=ddp)
+    logger = RunLogger(run_dir, cfg.tensorboard, history) if ctx.is_main else None
+    eval_model = ema.module if ema is not None else raw
+
+    def weights(module: nn.Module) -> dict:
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+    def make_ckpt(epoch: int, metrics: dict, state_dict: dict, train_state: dict | None) -> Checkpoint:
         return Checkpoint(
-            model_name=cfg.model, num_classes=len(classes), drop_rate=cfg.drop_rate,
-            state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
-            classes=classes, preprocess=pre, config=cfg.replace(data=data.resolve()).to_dict(),
-            epoch=epoch, metrics=metrics, train_state=train_state)
+            model_name=cfg.model, num_classes=len(classes), drop_rate=cfg.drop_rate, state_dict=state_dict,
+            classes=classes, preprocess=pre, config=saved_cfg.to_dict(), epoch=epoch, metrics=metrics,
+            train_state=train_state)
 
+    # A step reads the device only every `check_every` steps (on CPU reading is free).
+    check_every = 1 if rt.device.type == "cpu" else 25
+    interrupt = D.GracefulInterrupt()
+    progress = _progress() if ctx.is_main else _NullProgress()
     t_start = time.perf_counter()
+    saved_epoch = start_epoch - 1  # the epoch last.pt holds
     epoch = start_epoch - 1
+    stopped = ""
+    stop_msg, agreed = "", False
     try:
-        with _progress() as progress:
+        with interrupt, progress:
+            D.register_worker()  # from here on Ctrl-C is handled: the launcher may pass it to us
             for epoch in range(start_epoch, cfg.epochs + 1):
+                if cfg.patience and best_epoch and epoch - 1 - best_epoch >= cfg.patience:
+                    stopped = "early"
+                    epoch -= 1
+                    break
                 t0 = time.perf_counter()
-                # Each epoch's shuffling and augmentation depend only on (seed, epoch): a resumed
-                # run sees exactly the batches the uninterrupted run would have seen.
-                gen.manual_seed(cfg.seed * 100003 + epoch)
-                torch.manual_seed(cfg.seed * 100003 + epoch)
-                model.train()
-                task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=len(train_loader), stats="")
-                seen, correct, loss_sum = 0, 0, 0.0
-                for step, (x, y) in enumerate(train_loader):
-                    x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
-                    if cfg.channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    with rt.autocast():
-                        logits = model(x)
-                        loss = criterion(logits.float(), y)
-                    if not torch.isfinite(loss):
-                        raise VrError(
-                            f"loss became {loss.item()} at epoch {epoch}, step {step + 1}; stopped. "
-                            f"{'last.pt holds epoch ' + str(epoch - 1) if epoch > 1 else 'no epoch completed'}; "
-                            f"try a lower --lr or --no-amp")
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    schedule.step()
-                    n = len(y)
-                    seen += n
-                    loss_sum += loss.item() * n
-                    correct += (logits.argmax(1) == y).sum().item()
-                    progress.update(task, advance=1,
-                                    stats=f"loss {loss_sum / seen:.4f} acc {correct / seen:.3f} lr {schedule.lr:.2e}")
-                val_loss, val_acc = evaluate_loss_acc(model, val_loader, criterion, rt, cfg.channels_last)
+                # Shuffling depends only on (seed, epoch), each sample's augmentation on (seed, epoch,
+                # index) and the rest of the RNG (dropout) is reseeded here: a resumed run sees exactly
+                # the batches of an uninterrupted one, whatever the number of loader workers.
+                train_sampler.set_epoch(epoch)
+                train_ds.set_epoch(epoch)
+                torch.manual_seed(cfg.seed * 100003 + epoch + 7919 * ctx.rank)
+                train_model.train()
+                task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=n_batches, stats="")
+
+                def on_check(done: int) -> None:
+                    if ctx.is_main:
+                        s = max(1, step.seen)
+                        progress.update(task, completed=done, stats=f"loss {step.loss_sum.item() / s:.4f} "
+                                        f"acc {step.correct.item() / s:.3f} lr {schedule.lr:.2e}")
+
+                halted, done = train_epoch(step, train_loader, n_batches, accum=accum, ctx=ctx, interrupt=interrupt,
+                                           check_every=check_every, on_check=on_check)
+                if halted == "nonfinite":
+                    keep = (f"{last_path} keeps epoch {saved_epoch}, the last good one" if saved_epoch >= 1
+                            else "before any epoch completed, so there is no checkpoint")
+                    raise D.AgreedError(
+                        f"loss became nan or inf at epoch {epoch} (by step {done} of {n_batches}); stopped, {keep}. "
+                        f"Try a lower --lr, --clip-grad, or --no-amp")
+                if halted == "interrupt":
+                    stop_msg, agreed = _interrupt_message(epoch, saved_epoch, last_path, data, run_dir, True), True
+                    break
+
+                tr = torch.zeros(3, dtype=_acc_dtype(rt.device), device=rt.device)
+                tr[0], tr[1], tr[2] = step.loss_sum, step.correct, step.seen
+                train_loss_sum, train_correct, seen = ctx.all_reduce_sum(tr).tolist()
+                ctx.broadcast_module_state(eval_model)
+                val_loss, val_acc = evaluate(eval_model, val_loader, criterion, rt, cfg.channels_last, ctx)
                 lr_now = schedule.lr
                 schedule.epoch_end(val_loss)
-                row = {"epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-                       "val_loss": val_loss, "val_acc": val_acc, "lr": lr_now,
-                       "seconds": time.perf_counter() - t0}
-                progress.update(task, stats=f"loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} · "
-                                            f"val loss {val_loss:.4f} acc {val_acc:.4f}")
+                row = {"epoch": epoch, "train_loss": train_loss_sum / max(1.0, seen),
+                       "train_acc": train_correct / max(1.0, seen), "val_loss": val_loss, "val_acc": val_acc,
+                       "lr": lr_now, "seconds": time.perf_counter() - t0}
+                progress.update(task, completed=n_batches,
+                                stats=f"loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} · "
+                                      f"val loss {val_loss:.4f} acc {val_acc:.4f}")
                 metrics = {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
                 improved = val_acc > best_acc
                 if improved:
                     best_acc, best_epoch = val_acc, epoch
-                    save_checkpoint(best_path, make_ckpt(epoch, metrics, None))
-                train_state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                               "scaler": scaler.state_dict(), "rng": rng_state(),
-                               "best_acc": best_acc, "best_epoch": best_epoch}
-                # last.pt is written after best.pt and before metrics.csv: whatever instant a crash
-                # hits, metrics.csv never lists an epoch that last.pt does not hold.
-                save_checkpoint(last_path, make_ckpt(epoch, metrics, train_state))
-                logger.log(row)
-    except KeyboardInterrupt:
-        logger.close()
-        done = epoch - 1
-        console.print(f"interrupted during epoch {epoch}; {last_path} holds epoch {done}. "
-                      f"Resume with: vr train {data} --out {run_dir} --resume" if done >= 1 else
-                      f"interrupted during epoch {epoch}; no epoch completed, nothing to resume")
-        raise
+                evicted: list[int] = []
+                kept = False
+                if cfg.save_top_k:
+                    top, evicted, kept = update_top_k(top, cfg.save_top_k, epoch, val_acc)
+                if ctx.is_main:
+                    best_weights = weights(eval_model) if (improved or kept) else None
+                    if improved:
+                        save_checkpoint(best_path, make_ckpt(epoch, metrics, best_weights, None))
+                    if kept:
+                        save_checkpoint(run_dir / topk_name(epoch), make_ckpt(epoch, metrics, best_weights, None))
+                    train_state = {
+                        "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                        "scaler": scaler.state_dict(), "rng": rng_state(), "best_acc": best_acc,
+                        "best_epoch": best_epoch, "history": logger.rows[:] + [row], "top_k": top,
+                        "world_size": ctx.world_size, "ema": weights(ema.module) if ema is not None else None,
+                    }
+                    # last.pt after best.pt and the top-k files, before metrics.csv: it is the record
+                    # a resume starts from (metrics.csv is rebuilt from its history).
+                    save_checkpoint(last_path, make_ckpt(epoch, metrics, weights(raw), train_state))
+                    saved_epoch = epoch
+                    logger.log(row)
+                    for e in evicted:
+                        (run_dir / topk_name(e)).unlink(missing_ok=True)
+                else:
+                    saved_epoch = epoch
+                # Ctrl-C during validation or saving: the epoch is complete, stop here together.
+                if ctx.any_flags([int(interrupt.requested)])[0]:
+                    stop_msg, agreed = _interrupt_message(epoch, saved_epoch, last_path, data, run_dir, False), True
+                    break
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+        stop_msg, agreed = _interrupt_message(epoch, saved_epoch, last_path, data, run_dir, True), False
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
+    if stop_msg:
+        console.print(stop_msg, soft_wrap=True, highlight=False, markup=False)
+        raise TrainingInterrupted(agreed=agreed)
     seconds = time.perf_counter() - t_start
-    result = TrainResult(best_acc, best_epoch, epoch, seconds, n_params, skipped, run_dir)
-    console.print(f"[bold]done[/bold]: best val acc {best_acc:.4f} at epoch {best_epoch} · {seconds:.1f}s · "
-                  f"{format_params(n_params)} params · {skipped} skipped files · {run_dir}")
+    if stopped == "early":
+        info(f"early stop: val acc has not improved for {cfg.patience} epochs "
+             f"(best {best_acc:.4f} at epoch {best_epoch})")
+    result = TrainResult(best_acc, best_epoch, epoch, seconds, n_params, skipped, run_dir, stopped)
+    info(f"[bold]done[/bold]: best val acc {best_acc:.4f} at epoch {best_epoch} · {seconds:.1f}s · "
+         f"{format_params(n_params)} params · {skipped} skipped files · {run_dir}")
     return result
+
+
+def _interrupt_message(epoch: int, saved_epoch: int, last_path: Path, data: Path, run_dir: Path,
+                       during: bool) -> str:
+    where = f"during epoch {epoch}" if during else f"after epoch {epoch}"
+    if saved_epoch >= 1:
+        return f"interrupted {where}; {last_path} holds epoch {saved_epoch}. {_resume_hint(data, run_dir)}"
+    return f"interrupted {where}; no epoch completed, nothing to resume"

@@ -1,0 +1,397 @@
+"""Multi-process training plumbing: torchrun's environment, process groups, reductions, the
+unpadded validation shard, Ctrl-C handling shared by all ranks, and the ``--nproc-per-node``
+launcher (``vr train`` re-running itself through ``python -m torch.distributed.run``).
+
+A process is distributed when torchrun started it (``LOCAL_RANK``/``WORLD_SIZE`` set) with a world
+size above one. Everything here degrades to plain single-process behaviour otherwise, so the
+training loop has one code path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from vr.errors import VrError
+
+# Set by the `vr train --nproc-per-node` launcher for its workers: a private folder where each
+# worker leaves its pid (so the launcher can pass Ctrl-C to it: torchrun puts every worker in a
+# session of its own) and rank 0 records the exit code of an outcome all ranks agreed on (Ctrl-C,
+# non-finite loss). The workers then exit 0, so torchrun reports no failure, and the launcher
+# exits with the recorded code.
+LAUNCH_DIR_ENV = "VR_TRAIN_LAUNCH_DIR"
+
+
+class AgreedError(VrError):
+    """An error every rank raises together (after a collective), so it is reported once."""
+
+
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def launched_by_vr() -> bool:
+    return bool(os.environ.get(LAUNCH_DIR_ENV)) and under_torchrun()
+
+
+def register_worker() -> None:
+    """Leave this worker's pid where the launcher looks for it."""
+    d = os.environ.get(LAUNCH_DIR_ENV)
+    if d and under_torchrun():
+        from vr.util.io import atomic_write_text
+
+        atomic_write_text(Path(d) / f"pid.{os.environ['LOCAL_RANK']}", f"{os.getpid()}\n")
+
+
+@dataclass
+class DistContext:
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    local_world_size: int = 1
+    backend: str | None = None
+    ctrl_group: Any = None  # gloo group for small CPU control messages (the default group under gloo)
+    _quieted: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # --- collectives (no-ops in a single process) -------------------------------------------
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def any_flags(self, flags: list[int]) -> list[int]:
+        """Element-wise sum of small integer flags over all ranks (on the CPU control group)."""
+        if not self.enabled:
+            return flags
+        t = torch.tensor(flags, dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.ctrl_group)
+        return t.tolist()
+
+    def broadcast_module_state(self, module: torch.nn.Module) -> None:
+        """Make every rank hold rank 0's parameters and buffers (e.g. BatchNorm running stats,
+        which DDP leaves per-rank after the last step), so all ranks evaluate exactly the
+        weights rank 0 saves."""
+        if not self.enabled:
+            return
+        with torch.no_grad():
+            for t in module.state_dict().values():
+                dist.broadcast(t, src=0)
+
+    def agree(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on every rank; if any rank raised VrError, all ranks raise it together."""
+        if not self.enabled:
+            return fn()
+        result, err = None, None
+        try:
+            result = fn()
+        except VrError as e:
+            err = str(e)
+        errs: list = [None] * self.world_size
+        dist.all_gather_object(errs, err, group=self.ctrl_group)
+        for r, e in enumerate(errs):
+            if e:
+                raise AgreedError(e if r == 0 else f"rank {r}: {e}")
+        return result
+
+    def on_main(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on rank 0 only and hand its result (or its VrError) to every rank."""
+        if not self.enabled:
+            return fn()
+        box: list = [None]
+        if self.is_main:
+            try:
+                box = [("ok", fn())]
+            except VrError as e:
+                box = [("err", str(e))]
+        dist.broadcast_object_list(box, src=0, group=self.ctrl_group)
+        kind, value = box[0]
+        if kind == "err":
+            raise AgreedError(value)
+        return value
+
+
+def resolve_dist_device(device: str, local_rank: int) -> str:
+    """The device string for this rank: ``cuda:LOCAL_RANK`` when on GPU, else ``cpu``."""
+    name = (device or "auto").lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "mps":
+        raise VrError("distributed training needs CUDA GPUs or the CPU; MPS is not supported")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise VrError(f"--device {device} was asked for but no CUDA GPU is visible to torch")
+        n = torch.cuda.device_count()
+        if local_rank >= n:
+            raise VrError(f"local rank {local_rank} has no GPU: only {n} visible (lower --nproc-per-node)")
+        return f"cuda:{local_rank}"
+    return "cpu"
+
+
+def setup(device: str) -> tuple[DistContext, str]:
+    """Join torchrun's process group (NCCL on GPU, gloo on CPU); silence consoles off rank 0.
+
+    Returns the context and the device string this rank trains on.
+    """
+    if not under_torchrun() or int(os.environ["WORLD_SIZE"]) <= 1:
+        return DistContext(), device
+    ctx = DistContext(world_size=int(os.environ["WORLD_SIZE"]), rank=int(os.environ["RANK"]),
+                      local_rank=int(os.environ["LOCAL_RANK"]),
+                      local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
+    dev = resolve_dist_device(device, ctx.local_rank)
+    if dev.startswith("cuda"):
+        torch.cuda.set_device(ctx.local_rank)
+        ctx.backend = "nccl"
+    else:
+        ctx.backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=ctx.backend)
+    # Control messages (flags, errors, small objects) ride on gloo so they never touch the GPU.
+    ctx.ctrl_group = dist.new_group(backend="gloo") if ctx.backend != "gloo" else None
+    if not ctx.is_main:
+        from vr.util.console import console, err_console
+
+        console.quiet = err_console.quiet = True
+        ctx._quieted = True
+    return ctx, dev
+
+
+def unquiet(ctx: DistContext) -> None:
+    if ctx._quieted:
+        from vr.util.console import console, err_console
+
+        console.quiet = err_console.quiet = False
+        ctx._quieted = False
+
+
+def teardown(ctx: DistContext, clean: bool = True) -> None:
+    """Leave the process group. After a failure it is left to process exit: destroying a group
+    whose peers are gone can block."""
+    unquiet(ctx)
+    if ctx.enabled and clean and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def write_status(code: int) -> None:
+    d = os.environ.get(LAUNCH_DIR_ENV)
+    if d:
+        from vr.util.io import atomic_write_text
+
+        atomic_write_text(Path(d) / "status", f"{code}\n")
+
+
+class ShardSampler(Sampler[int]):
+    """Rank r takes items r, r + W, r + 2W, ... of the dataset: every item exactly once over all
+    ranks, no padding (DistributedSampler pads with duplicates, which would bias val metrics)."""
+
+    def __init__(self, n: int, rank: int, world_size: int):
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+
+class GracefulInterrupt:
+    """First Ctrl-C: ask the loop to stop at the next step boundary (all ranks stop together and
+    the last completed epoch stays in last.pt). Second Ctrl-C: KeyboardInterrupt right away."""
+
+    def __init__(self):
+        self.count = 0
+        self._old = None
+
+    @property
+    def requested(self) -> bool:
+        return self.count > 0
+
+    def _handler(self, signum, frame):
+        self.count += 1
+        if self.count >= 2:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "GracefulInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
+def ignore_sigint_in_worker(_worker_id: int) -> None:
+    """DataLoader worker_init_fn: Ctrl-C is for the training process, which stops the loader
+    itself; a worker dying on SIGINT would break the graceful stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# --- the `vr train --nproc-per-node N` launcher ----------------------------------------------
+
+def _flag_spelling(f: dataclasses.Field) -> str:
+    flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+    longs = [s for s in flag.replace("/", " ").split() if s.startswith("--") and not s.startswith("--no-")]
+    return longs[0] if longs else flag.split()[0]
+
+
+def config_argv(cfg) -> tuple[list[str], dict]:
+    """Command-line arguments that rebuild ``cfg`` (fields left at their default are omitted),
+    plus the YAML-only fields that differ from their default (to pass with --config)."""
+    positional: list[str] = []
+    flags: list[str] = []
+    yaml_only: dict = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        meta = f.metadata
+        if meta.get("argument"):
+            positional.append(str(v))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if v == default:
+            continue
+        if not meta.get("cli", True) or v is None:  # no flag says "None": pass those through YAML
+            yaml_only[f.name] = v
+            continue
+        flag = _flag_spelling(f)
+        if isinstance(v, bool):
+            flags.append(flag if v else "--no-" + flag[2:])
+        elif isinstance(v, tuple):
+            flags += [flag, *(_fmt(x) for x in v)]
+        elif isinstance(v, list):
+            for x in v:
+                flags += [flag, _fmt(x)]
+        else:
+            flags += [flag, _fmt(v)]
+    return positional + flags, yaml_only
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def _child_setup() -> None:  # pragma: no cover - runs in the forked child before exec
+    # torchrun ignores SIGINT (the launcher passes Ctrl-C to the workers itself) and gets SIGTERM
+    # if the launcher dies, so a killed `vr train` leaves no orphaned workers behind.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except Exception:
+            pass
+
+
+def torchrun_command(cfg, nproc: int) -> tuple[list[str], dict]:
+    argv, yaml_only = config_argv(cfg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "--signals-to-handle", "SIGTERM,SIGHUP,SIGQUIT", "-m", "vr.cli", "train", *argv]
+    return cmd, yaml_only
+
+
+def _worker_pids(d: Path) -> list[int]:
+    pids = []
+    for f in d.glob("pid.*"):
+        try:
+            pids.append(int(f.read_text().strip()))
+        except (OSError, ValueError):
+            pass
+    return pids
+
+
+def launch(cfg) -> int:
+    """Run ``cfg`` as ``nproc_per_node`` DDP processes under torchrun; return the exit code.
+
+    Ctrl-C reaches the launcher only (torchrun runs in a session of its own) and is passed to
+    each worker, which stop together after the current step; rank 0 prints the resume line. A
+    second Ctrl-C stops the workers at once, a third kills them.
+    """
+    nproc = cfg.nproc_per_node
+    cmd, yaml_only = torchrun_command(cfg, nproc)
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    with tempfile.TemporaryDirectory(prefix="vr-ddp-") as tmp:
+        d = Path(tmp)
+        env[LAUNCH_DIR_ENV] = str(d)
+        if yaml_only:
+            import yaml
+
+            from vr.config import _plain
+
+            extra = d / "extra.yaml"
+            extra.write_text(yaml.safe_dump({k: _plain(v) for k, v in yaml_only.items()}))
+            cmd += ["--config", str(extra)]
+        from vr.util.console import info
+
+        info(f"launching {nproc} processes: torchrun --standalone --nproc-per-node {nproc} -m vr.cli train ...")
+        interrupts: list[int] = []
+        try:
+            proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_child_setup)
+        except OSError as e:
+            raise VrError(f"cannot start torchrun: {e}") from None
+
+        def _kill(pid: int, sig: int) -> None:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+        def on_sigint(signum, frame):
+            interrupts.append(signum)
+            workers = _worker_pids(d)
+            if len(interrupts) >= 3:
+                for pid in workers:
+                    _kill(pid, signal.SIGKILL)
+                _kill(proc.pid, signal.SIGKILL)
+            elif workers:
+                for pid in workers:
+                    _kill(pid, signal.SIGINT)
+            else:  # still starting up: nothing to lose, let torchrun stop them
+                _kill(proc.pid, signal.SIGTERM)
+
+        def on_sigterm(signum, frame):
+            _kill(proc.pid, signal.SIGTERM)
+
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            old[signal.SIGINT] = signal.signal(signal.SIGINT, on_sigint)
+            old[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            rc = proc.wait()
+        finally:
+            for s_, h in old.items():
+                signal.signal(s_, h)
+        status = d / "status"
+        if status.is_file():
+            try:
+                return int(status.read_text().strip())
+            except ValueError:
+                pass
+        if interrupts and rc != 0:
+            return 130
+        return 1 if rc < 0 else rc
