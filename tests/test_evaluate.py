@@ -406,3 +406,43 @@ def test_pt_and_its_onnx_export_side_by_side(kit, tmp_path):
     assert pair["top1_agreement"] == 1.0 and pair["flipped"] == []
     assert pair["max_abs_prob_diff"] < 1e-4
     assert pair["deltas"]["accuracy"] == 0.0
+
+
+def test_graph_inputs_are_batched_by_size(kit, tmp_path):
+    """The runner reads each file's size from its header (EXIF rotation included), predicts the shape
+    the preparer will give, and makes batches of one shape; the results come back in file order."""
+    from vr.evaluate.predictors import HostResize, RawRGB, load_predictor
+    from vr.evaluate.runner import header_size, predict_files, size_batches
+    from vr.data.images import load_rgb
+    from vr.models.preprocess import Preprocess
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    paths = []
+    for i in range(23):
+        w, h = [(40, 48), (48, 40), (61, 37)][i % 3]
+        p = d / f"{i:02d}.jpg"
+        img = H.colour_image(list(RGB.values())[i % 3], (w, h), seed=i)
+        if i == 4:  # 48 x 40 with EXIF orientation 6: decoded rotated by 90 degrees, 40 x 48
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            img.save(p, exif=exif)
+        else:
+            img.save(p)
+        paths.append(p)
+    assert header_size(paths[4]) == (48, 40) and load_rgb(paths[4]).size == (40, 48)  # (h, w) vs (w, h)
+    for prep in (RawRGB(), HostResize(Preprocess(input_size=24, resize_size=29), compact=True),
+                 HostResize(Preprocess(input_size=24, resize_size=29, border_crop=0.1), compact=False)):
+        for p in paths:
+            assert prep.shape_for(*header_size(p)) == prep(load_rgb(p)).shape, (prep, p)
+    batches = size_batches(paths, RawRGB().shape_for, 4)
+    assert sorted(i for b in batches for i in b) == list(range(23))
+    shapes = [{load_rgb(paths[i]).size for i in b} for b in batches]
+    full = [s for b, s in zip(batches, shapes) if len(b) == 4]
+    assert len(full) >= 4 and all(len(s) == 1 for s in full[:4])  # full batches share one size
+
+    pred = load_predictor(kit["onnx"], device="cpu", batch_size=4)
+    run = predict_files(pred, paths, 4, workers=0)
+    want = np.concatenate([pred.predict([load_rgb(p)]) for p in paths])
+    np.testing.assert_allclose(run.probs, want, atol=1e-6)
+    assert max(run.batch_sizes) == 4 and sum(run.batch_sizes) == 23

@@ -37,13 +37,16 @@ class EvalConfig(ConfigBase):
                                         "works. Class folders are matched to each model's classes by name; a folder "
                                         "the model does not know is an error. Unreadable images are skipped with a "
                                         "warning naming each.")
-    out: Path = option(Path("runs/eval"), "Report folder: report.json, report.md, predictions_<model>.csv, "
-                                          "confusion_<model>.png/.csv.")
+    out: Path = option(Path("runs/eval"), "Report folder: report.json, report.md, report.html, manifest.json, "
+                                          "predictions_<model>.csv, confusion_<model>.png/.csv.")
     tta: Optional[str] = option(None, _TTA_HELP, choices=TTA_CHOICES)
     batch_size: int = option(32, "Images per batch.")
     device: str = option("auto", _DEVICE_HELP)
     worst_k: int = option(5, "How many of the lowest-F1 classes to list per model.")
     workers: int = option(2, _WORKERS_HELP)
+    html: bool = option(True, "Also write report.html: one self-contained page (offline, thumbnails embedded) "
+                              "with the confusion matrix whose cells list their images, the worst classes' "
+                              "mistakes, the flips between models and a sortable per-class table.")
 
     def __post_init__(self):
         check(self.data is not None, "--data is required: the folder of labelled images (DIR/<class>/<image>)")

@@ -17,6 +17,7 @@ from vr.evaluate.report import (model_labels, print_summary, render_markdown, wr
 from vr.evaluate.runner import predict_files
 from vr.util.console import info, warn
 from vr.util.io import atomic_write_json, atomic_write_text, check_writable_dir
+from vr.util.manifest import write_manifest
 
 
 def resolve_data_root(data: Path, predictors: list[Predictor]) -> Path:
@@ -109,6 +110,17 @@ def run_eval(cfg: EvalConfig) -> dict:
     }
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", render_markdown(report))
+    manifest = write_manifest(out, cfg.to_dict(), providers={
+        name: {"path": str(p.path), "runtime": p.runtime, "provider": p.provider,
+               "execution_providers": list(p.execution_providers or [p.provider])}
+        for name, p in zip(names, predictors)})
+    written = [out / "report.md", out / "report.json"]
+    if cfg.html:
+        from vr.evaluate.report_html import write_html_report
+
+        write_html_report(out / "report.html", report, paths, images, true_names, all_probs, manifest,
+                          workers=max(1, cfg.workers))
+        written.insert(0, out / "report.html")
     print_summary(report)
-    info(f"report: {out / 'report.md'} · {out / 'report.json'}")
+    info("report: " + " · ".join(str(w) for w in written))
     return report

@@ -79,6 +79,10 @@ class RawRGB:
     def __call__(self, img: Image.Image) -> np.ndarray:
         return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
+    def shape_for(self, h: int, w: int) -> tuple:
+        """The shape ``__call__`` gives an h x w image (so batches can be made of one size)."""
+        return (h, w, 3)
+
 
 def compact_long_side(arr: np.ndarray, pre: Preprocess) -> np.ndarray:
     """Trim a resized [H, W, 3] image to R or R+1 along each side longer than R = resize_size,
@@ -111,6 +115,14 @@ class HostResize:
             arr = compact_long_side(arr, self.pre)
         return np.ascontiguousarray(arr)
 
+    def shape_for(self, h: int, w: int) -> tuple:
+        bl, bt, br, bb = self.pre.border_box(h, w)
+        h, w = self.pre.resized_hw(bb - bt, br - bl)
+        if self.compact:
+            r = self.pre.resize_size
+            h, w = (n if n <= r + 1 else (r if (n - r) % 2 == 0 else r + 1) for n in (h, w))
+        return (h, w, 3)
+
 
 # --- the interface --------------------------------------------------------------------------
 @dataclass
@@ -125,6 +137,7 @@ class Predictor:
     preparer: Callable[[Image.Image], Any] = field(default_factory=RawRGB)
     host_preprocess: str = "none"
     notes: list[str] = field(default_factory=list)
+    execution_providers: list[str] = field(default_factory=list)  # everything the session runs on, in order
 
     @property
     def num_classes(self) -> int:
@@ -143,6 +156,7 @@ class Predictor:
 
     def describe(self) -> dict:
         return {"path": str(self.path), "runtime": self.runtime, "provider": self.provider, "tta": self.tta,
+                "execution_providers": list(self.execution_providers or [self.provider]),
                 "host_preprocess": self.host_preprocess, "num_classes": self.num_classes}
 
     def _check_probs(self, probs: np.ndarray, n: int) -> np.ndarray:
@@ -338,6 +352,18 @@ def _ort_providers(device: str, available: Sequence[str]) -> list:
     raise VrError(f"--device {device} is not available to ONNX Runtime: use auto, cpu, cuda or cuda:N")
 
 
+def ort_session_options(ort):
+    """Session options for evaluation: full graph optimisation, and intra-op threads that sleep
+    instead of spinning while they wait. The DataLoader workers decode images on the same cores;
+    spinning threads take CPU time from them (measured on a busy 2-core machine: with spinning,
+    ~20% more CPU time per image and ~15% fewer images/s; the predictions are identical)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 def _provider_name(p) -> str:
     return p[0] if isinstance(p, tuple) else p
 
@@ -354,8 +380,7 @@ class OnnxPredictor(_GraphPredictor):
         import onnxruntime as ort
 
         providers = _ort_providers(device, ort.get_available_providers())
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts = ort_session_options(ort)
         try:
             sess = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:
@@ -369,6 +394,7 @@ class OnnxPredictor(_GraphPredictor):
                 raise VrError(f"ONNX Runtime cannot load {path}: {_first_line(e2)}") from None
         ran = sess.get_providers()
         self.provider = ran[0]
+        self.execution_providers = list(ran)
         wanted_gpu = (device or "auto").lower().startswith("cuda")
         if wanted_gpu and self.provider not in ORT_GPU_PROVIDERS:
             raise VrError(f"--device {device} was asked for but ONNX Runtime runs {path.name} on {self.provider} "

@@ -104,7 +104,9 @@ def render_markdown(report: dict) -> str:
     L.append(f"- data: `{report['data']}` ({report['n_images']} images, {len(report['data_classes'])} classes)")
     if report.get("skipped"):
         L.append(f"- skipped unreadable images: {len(report['skipped'])}")
-    L.append(f"- vr {report['vr_version']}, {report['created']}")
+    L.append(f"- vr {report['vr_version']}, {report['created']} (versions, device, command: manifest.json)")
+    if report.get("config", {}).get("html"):
+        L.append("- error analysis with the images (confusion cells, worst classes, flips): [report.html](report.html)")
     L.append("- macro/weighted averages over the classes present in the labels or the predictions; an undefined "
              "precision or recall counts as 0; latency is model time per batch (decoding excluded); images/s is the "
              "whole loop, decoding included.\n")

@@ -1,5 +1,6 @@
 """Run a predictor over image files: decoding and host preprocessing in DataLoader workers, the
-model in the main process, timed per batch."""
+model in the main process, timed per batch. Images for a graph (ONNX, TensorRT), whose batches
+must share one size, are batched by the size they will have, read from the file headers."""
 
 from __future__ import annotations
 
@@ -66,14 +67,59 @@ def as_list(batch: list) -> list:
     return batch
 
 
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of the image as load_rgb will return it (EXIF rotation applied), read
+    from the file header only; None when the header cannot be read (decoding will say why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            try:
+                orientation = im.getexif().get(0x0112, 1)
+            except Exception:
+                orientation = 1
+    except Exception:
+        return None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def size_batches(paths: Sequence[Path], shape_for: Callable[[int, int], tuple], batch_size: int,
+                 threads: int = 4) -> list[list[int]]:
+    """Batches of indices in which images share the shape the predictor will be fed: full
+    batches of one shape first, then the leftovers of every shape together (the predictor
+    still groups those by shape). The caller puts results back by index."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, threads))) as pool:
+        sizes = list(pool.map(header_size, paths, chunksize=64))
+    groups: dict[Any, list[int]] = {}
+    for i, hw in enumerate(sizes):
+        groups.setdefault(shape_for(*hw) if hw is not None else None, []).append(i)
+    batches, rest = [], []
+    for idx in groups.values():
+        full = len(idx) - len(idx) % batch_size
+        batches += [idx[j:j + batch_size] for j in range(0, full, batch_size)]
+        rest += idx[full:]
+    batches += [rest[j:j + batch_size] for j in range(0, len(rest), batch_size)]
+    return batches
+
+
 def predict_files(predictor: Predictor, paths: Sequence[Path], batch_size: int | None = None, workers: int = 0,
                   advance: Callable[[int], None] | None = None) -> PredictionRun:
     """Probabilities for every file; an image that cannot be decoded is an error naming it."""
     from torch.utils.data import DataLoader
 
     bs = batch_size or predictor.batch_size
-    loader = DataLoader(ImageFiles(paths, predictor.preparer), batch_size=bs, shuffle=False,
-                        num_workers=workers, collate_fn=as_list, prefetch_factor=4 if workers > 0 else None)
+    data = ImageFiles(paths, predictor.preparer)
+    prefetch = 4 if workers > 0 else None
+    shape_for = getattr(predictor.preparer, "shape_for", None)
+    if shape_for is not None and len(paths) > bs:  # graph input: batch the images by size
+        loader = DataLoader(data, batch_sampler=size_batches(paths, shape_for, bs, threads=max(2, workers)),
+                            num_workers=workers, collate_fn=as_list, prefetch_factor=prefetch)
+    else:
+        loader = DataLoader(data, batch_size=bs, shuffle=False, num_workers=workers, collate_fn=as_list,
+                            prefetch_factor=prefetch)
     result = PredictionRun(np.zeros((len(paths), predictor.num_classes), dtype=np.float32))
     warm_seconds = 0.0
     start = time.perf_counter()
