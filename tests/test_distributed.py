@@ -22,7 +22,8 @@ from vr.train.config import TrainConfig
 
 # One thread per process: two ranks share two cores (and tiny tensors gain nothing from more).
 ENV = {"OMP_NUM_THREADS": "1"}
-EXPECTED_FILES = {"best.pt", "last.pt", "metrics.csv", "curves.png", "classes.json", "config.yaml", "tb"}
+EXPECTED_FILES = {"best.pt", "last.pt", "metrics.csv", "per_class.csv", "curves.png", "classes.json", "config.yaml",
+                  "manifest.json", "tb"}
 
 
 def _rows(run: Path) -> list[dict]:

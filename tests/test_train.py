@@ -51,6 +51,9 @@ def test_train_writes_run_folder_and_best_reproduces(tiny_data, tmp_path, cli):
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["epochs"] == 3 and cfg["model"] == "test_resnet"
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["config"]["epochs"] == 3 and man["providers"]["device"] == "cpu"
+    assert torch.__version__.startswith(man["versions"]["torch"]) and "train" in man["command"]
 
     # a second run into the same folder must not clobber it
     code, _, err = cli("train", tiny_data, "--out", run, "--epochs", "1", *TINY_TRAIN)

@@ -18,6 +18,10 @@ PRESETS: dict[str, dict] = {
     "light": dict(geometry="rrc"),
     "seed-a": dict(geometry="squash", blur=0.5, hflip=0.5, rotation=15.0),
     "seed-b": dict(geometry="center", hflip=0.5, color_jitter=0.2, translate=0.1, rotation=20.0, random_erasing=0.5),
+    # Automatic augmentation policies on top of the random resized crop.
+    "randaugment": dict(geometry="rrc", auto="randaugment"),
+    "trivialaugment": dict(geometry="rrc", auto="trivialaugment"),
+    "augmix": dict(geometry="rrc", auto="augmix"),
 }
 AUG_KEYS = ("hflip", "vflip", "rotation", "blur", "color_jitter", "translate", "random_erasing")
 
@@ -36,6 +40,7 @@ class BorderCrop:
 
 def resolve_augmentation(preset: str, **overrides) -> dict:
     params = {k: 0.0 for k in AUG_KEYS}
+    params["auto"] = None
     params.update(PRESETS[preset])
     params.update({k: v for k, v in overrides.items() if v is not None})
     return params
@@ -59,6 +64,12 @@ def build_train_transform(pre: Preprocess, preset: str = "light", **overrides) -
         steps.append(T.RandomHorizontalFlip(p["hflip"]))
     if p["vflip"] > 0:
         steps.append(T.RandomVerticalFlip(p["vflip"]))
+    if p["auto"] == "randaugment":
+        steps.append(T.RandAugment(interpolation=interp))
+    elif p["auto"] == "trivialaugment":
+        steps.append(T.TrivialAugmentWide(interpolation=interp))
+    elif p["auto"] == "augmix":
+        steps.append(T.AugMix(interpolation=interp))
     if p["color_jitter"] > 0:
         j = p["color_jitter"]
         steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j))
@@ -71,3 +82,40 @@ def build_train_transform(pre: Preprocess, preset: str = "light", **overrides) -
     if p["random_erasing"] > 0:
         steps.append(T.RandomErasing(p=p["random_erasing"], value=0))
     return T.Compose(pre_steps + steps)
+
+
+class BatchMix:
+    """MixUp / CutMix on a training batch (torchvision.transforms.v2), applied with probability
+    ``prob``; when both are on, CutMix is picked with probability ``switch_prob``.
+
+    Returns soft targets (N, C) for a mixed batch and the hard labels otherwise. Every draw comes
+    from a CPU generator seeded by (seed, epoch, rank, batch index), so a resumed run mixes its
+    batches exactly as an uninterrupted run would, whatever else drew random numbers.
+    """
+
+    def __init__(self, num_classes: int, mixup: float = 0.0, cutmix: float = 0.0, prob: float = 1.0,
+                 switch_prob: float = 0.5, seed: int = 0):
+        choices, p = [], []
+        if cutmix > 0:
+            choices.append(T.CutMix(alpha=cutmix, num_classes=num_classes))
+            p.append(switch_prob if mixup > 0 else 1.0)
+        if mixup > 0:
+            choices.append(T.MixUp(alpha=mixup, num_classes=num_classes))
+            p.append(1.0 - switch_prob if cutmix > 0 else 1.0)
+        if not choices:
+            raise ValueError("BatchMix needs --mixup or --cutmix")
+        self.transform = choices[0] if len(choices) == 1 else T.RandomChoice(choices, p=p)
+        self.prob, self.seed = prob, seed
+        self.epoch = self.rank = self.count = 0
+
+    def set_epoch(self, epoch: int, rank: int = 0) -> None:
+        self.epoch, self.rank, self.count = epoch, rank, 0
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = ((self.seed * 100_003 + self.epoch) * 1_000_003 + self.rank * 7_919) * 2_147_483_659 + self.count
+        self.count += 1
+        with torch.random.fork_rng(devices=[]):  # v2 MixUp/CutMix draw from the global CPU RNG
+            torch.manual_seed(key % 2**63)
+            if self.prob < 1 and torch.rand(()).item() >= self.prob:
+                return x, y
+            return self.transform(x, y)

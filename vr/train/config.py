@@ -10,10 +10,13 @@ from vr.config import ConfigBase, check, check_choice, option
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("plateau", "cosine", "onecycle", "step", "none")
-AUG_PRESETS = ("none", "light", "seed-a", "seed-b")
+AUG_PRESETS = ("none", "light", "seed-a", "seed-b", "randaugment", "trivialaugment", "augmix")
+BALANCE = ("none", "sampler", "weights")
+LOSSES = ("ce", "focal")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 M, O, R, A, H, X = "Model & weights", "Optimisation", "Regularisation", "Augmentation", "Hardware", "Output"
+L = "Loss & class balance"
 
 
 @dataclass
@@ -29,6 +32,8 @@ class TrainConfig(ConfigBase):
     std: Optional[tuple[float, float, float]] = option(None, "Normalisation std, three values (default: the model's, or the weights file's).", group=M)
     crop_mode: str = option("center", "center: shorter side to resize size then centre crop; squash: resize to a square, ignoring aspect.", choices=("center", "squash"), group=M)
     border_crop: float = option(0.0, "Fraction trimmed from each side of every image before resizing (train and eval).", group=M)
+    init_from: Optional[Path] = option(None, "Start a NEW run from the weights of a vr checkpoint (another run's best.pt or last.pt), e.g. to fine-tune at a larger --img-size. Not a resume: fresh optimizer and schedule, epoch 1. The --model and the class list must match the checkpoint's; its mean/std are kept unless --mean/--std are given; --pretrained is ignored.", group=M)
+    max_params: Optional[str] = option(None, "Parameter budget, e.g. 100M, 25.5M, 500K: refuse to train a larger model (default: no limit).", group=M)
     # --- optimisation
     epochs: int = option(10, "Number of epochs.", group=O)
     batch_size: int = option(32, "Batch size per process.", group=O)
@@ -45,13 +50,19 @@ class TrainConfig(ConfigBase):
     accum_steps: int = option(1, "Accumulate gradients over this many batches per optimizer step (effective batch = batch-size x accum-steps x processes).", group=O)
     clip_grad: Optional[float] = option(None, "Clip the global gradient norm to this value (default: no clipping).", group=O)
     patience: int = option(0, "Early stopping: stop after this many epochs without a higher val accuracy (0 = off).", group=O)
+    backbone_lr_mult: float = option(1.0, "Learning rate of everything but the classifier head, as a multiple of --lr (e.g. 0.1 to fine-tune pretrained weights gently); the head gets --lr. The schedule scales both; metrics.csv logs the head lr (lr) and, when this is not 1, backbone_lr.", group=O)
+    freeze_epochs: int = option(0, "Train only the classifier head for the first N epochs (backbone frozen, its BatchNorm statistics fixed), then everything. N >= --epochs trains the head alone (a linear probe), with a warning.", group=O)
     # --- regularisation
     drop_rate: float = option(0.0, "Dropout before the classifier (the seed reports used 0.5).", group=R)
     label_smoothing: float = option(0.1, "Label smoothing for the cross-entropy loss.", group=R)
     ema: bool = option(False, "Keep an exponential moving average (EMA) of the weights. When on, validation, metrics.csv's val columns, best.pt and the --save-top-k files use the EMA weights; last.pt holds the training weights plus the EMA for --resume.", group=R)
     ema_decay: float = option(0.9998, "EMA decay per optimizer step (lower it, e.g. 0.99, for short runs).", group=R)
+    # --- loss & class balance
+    loss: str = option("ce", "Training loss: ce (cross-entropy) or focal (cross-entropy scaled by (1 - p)^gamma per class, which down-weights easy examples). Both take --label-smoothing, class weights and mixed targets; at --focal-gamma 0 focal equals ce. Val loss is always plain cross-entropy with --label-smoothing, so runs compare.", choices=LOSSES, group=L)
+    focal_gamma: float = option(2.0, "focal: the focusing exponent gamma (0 = cross-entropy).", group=L)
+    balance: str = option("none", "Class imbalance: none; sampler (draw every class equally often in expectation, with replacement; epoch length unchanged); weights (loss weights inversely proportional to the train class frequency, mean 1).", choices=BALANCE, group=L)
     # --- augmentation
-    aug: str = option("light", "Preset: none; light (random resized crop; add --hflip 0.5 where mirroring keeps the label); seed-a (resize, blur k=3, flip, rotation); seed-b (resize + centre crop, flip, colour jitter, affine, rotation 20, random erasing).", choices=AUG_PRESETS, group=A)
+    aug: str = option("light", "Preset: none; light (random resized crop; add --hflip 0.5 where mirroring keeps the label); seed-a (resize, blur k=3, flip, rotation); seed-b (resize + centre crop, flip, colour jitter, affine, rotation 20, random erasing); randaugment, trivialaugment, augmix (torchvision's RandAugment, TrivialAugmentWide, AugMix after the random resized crop).", choices=AUG_PRESETS, group=A)
     hflip: Optional[float] = option(None, "Horizontal flip probability (overrides the preset).", group=A)
     vflip: Optional[float] = option(None, "Vertical flip probability (overrides the preset).", group=A)
     rotation: Optional[float] = option(None, "Random rotation range in degrees (overrides the preset).", group=A)
@@ -59,6 +70,11 @@ class TrainConfig(ConfigBase):
     color_jitter: Optional[float] = option(None, "Colour jitter strength for brightness/contrast/saturation (overrides the preset).", group=A)
     translate: Optional[float] = option(None, "Random affine translation as a fraction of the size (overrides the preset).", group=A)
     random_erasing: Optional[float] = option(None, "Random erasing probability (overrides the preset).", group=A)
+    mixup: float = option(0.0, "MixUp Beta(alpha, alpha) on training batches (0 = off; 0.2-0.4 is usual). Train accuracy under mixing counts the dominant (argmax) target.", group=A)
+    cutmix: float = option(0.0, "CutMix Beta(alpha, alpha) on training batches (0 = off; 1.0 is usual).", group=A)
+    mix_prob: float = option(1.0, "Probability that a training batch is mixed at all (with --mixup/--cutmix).", group=A)
+    mix_switch_prob: float = option(0.5, "With both --mixup and --cutmix: probability of CutMix rather than MixUp for a mixed batch.", group=A)
+    mix_off_epochs: int = option(0, "Turn MixUp/CutMix off for the last N epochs (train on clean images at the end).", group=A)
     # --- hardware
     device: str = option("auto", "auto = CUDA, else MPS, else CPU.", choices=DEVICES, group=H)
     amp: bool = option(True, "Mixed precision (bf16, or fp16 + GradScaler on GPUs without bf16). Always off on CPU.", group=H)
@@ -100,6 +116,20 @@ class TrainConfig(ConfigBase):
         check(self.save_top_k >= 0, f"--save-top-k must be >= 0 (got {self.save_top_k})")
         check(0 < self.ema_decay < 1, f"--ema-decay must be in (0, 1) (got {self.ema_decay})")
         check(self.nproc_per_node >= 1, f"--nproc-per-node must be >= 1 (got {self.nproc_per_node})")
+        check_choice("--balance", self.balance, BALANCE)
+        check_choice("--loss", self.loss, LOSSES)
+        check(self.focal_gamma >= 0, f"--focal-gamma must be >= 0 (got {self.focal_gamma})")
+        check(self.mixup >= 0, f"--mixup alpha must be >= 0 (got {self.mixup})")
+        check(self.cutmix >= 0, f"--cutmix alpha must be >= 0 (got {self.cutmix})")
+        check(0 <= self.mix_prob <= 1, f"--mix-prob is a probability in [0, 1] (got {self.mix_prob})")
+        check(0 <= self.mix_switch_prob <= 1, f"--mix-switch-prob is a probability in [0, 1] (got {self.mix_switch_prob})")
+        check(self.mix_off_epochs >= 0, f"--mix-off-epochs must be >= 0 (got {self.mix_off_epochs})")
+        check(self.backbone_lr_mult > 0, f"--backbone-lr-mult must be positive (got {self.backbone_lr_mult})")
+        check(self.freeze_epochs >= 0, f"--freeze-epochs must be >= 0 (got {self.freeze_epochs})")
+        if self.max_params is not None:
+            from vr.models.budget import parse_param_budget
+
+            parse_param_budget(self.max_params)
         for name in ("hflip", "vflip", "blur", "random_erasing"):
             v = getattr(self, name)
             check(v is None or 0 <= v <= 1, f"--{name.replace('_', '-')} is a probability in [0, 1]")

@@ -9,22 +9,41 @@ from pathlib import Path
 from vr.util.io import atomic_path, atomic_write_text
 
 COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+# Written only when some row has them (backbone_lr: with --backbone-lr-mult).
+OPTIONAL_COLUMNS = ("backbone_lr",)
+PER_CLASS_COLUMNS = ("epoch", "class", "train_acc", "train_support", "val_acc", "val_support")
 
 
 def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(f)]
+
+
+def per_class_rows(record: dict, class_names) -> list[dict]:
+    """One per_class.csv row per class from an epoch's record of per-class counts (accuracy is
+    empty for a class with no sample that epoch)."""
+    rows = []
+    for c, name in enumerate(class_names):
+        tn, vn = record["train_total"][c], record["val_total"][c]
+        rows.append({"epoch": record["epoch"], "class": name,
+                     "train_acc": f"{record['train_correct'][c] / tn:.6g}" if tn else "", "train_support": int(tn),
+                     "val_acc": f"{record['val_correct'][c] / vn:.6g}" if vn else "", "val_support": int(vn)})
+    return rows
 
 
 class RunLogger:
     """One row per epoch. The whole CSV is rewritten from memory, so a resumed run never repeats
     or skips an epoch."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, history: list[dict] | None = None):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, history: list[dict] | None = None,
+                 per_class: list[dict] | None = None, class_names=()):
         self.run_dir = run_dir
         self.rows: list[dict] = list(history or [])
+        self.per_class: list[dict] = list(per_class or [])
+        self.class_names = tuple(class_names)
         self.tb = None
         if tensorboard:
             try:
@@ -38,19 +57,33 @@ class RunLogger:
 
     def log(self, row: dict) -> None:
         self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+        cols = COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if any(c in r for r in self.rows))
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
         w.writeheader()
         for r in self.rows:
-            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in COLUMNS})
+            w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, "")) for k in cols})
         atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
         if self.tb is not None:
             e = row["epoch"]
             self.tb.add_scalars("loss", {"train": row["train_loss"], "val": row["val_loss"]}, e)
             self.tb.add_scalars("accuracy", {"train": row["train_acc"], "val": row["val_acc"]}, e)
             self.tb.add_scalar("lr", row["lr"], e)
+            if "backbone_lr" in row:
+                self.tb.add_scalar("backbone_lr", row["backbone_lr"], e)
             self.tb.flush()
         plot_curves(self.rows, self.run_dir / "curves.png")
+
+    def log_per_class(self, record: dict) -> None:
+        """Add an epoch's per-class counts and rewrite per_class.csv whole, like metrics.csv: the
+        records live in last.pt, so a resumed run neither repeats nor skips an epoch."""
+        self.per_class = [r for r in self.per_class if r["epoch"] < record["epoch"]] + [record]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=PER_CLASS_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        for r in self.per_class:
+            w.writerows(per_class_rows(r, self.class_names))
+        atomic_write_text(self.run_dir / "per_class.csv", buf.getvalue())
 
     def close(self) -> None:
         if self.tb is not None:

@@ -23,17 +23,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vr.data.balance import BalancedSampler, class_weights
 from vr.data.dataset import ImageDataset
 from vr.data.folders import scan_image_folder
-from vr.data.transforms import build_train_transform
+from vr.data.transforms import BatchMix, build_train_transform
 from vr.errors import VrError
+from vr.models.budget import check_param_budget, model_param_count, parse_param_budget
 from vr.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from vr.models.factory import (check_model_name, count_params, create_model, format_params,
+from vr.models.factory import (check_model_name, count_params, create_model, format_params, head_param_names,
                                weights_preprocess_hints)
 from vr.models.preprocess import Preprocess, resolve_preprocess
 from vr.train import distributed as D
 from vr.train.config import TrainConfig
+from vr.util.manifest import write_manifest
 from vr.train.logging import RunLogger, read_metrics
+from vr.train.losses import FocalLoss
 from vr.train.optim import LRSchedule, create_optimizer
 from vr.util.console import console, err_console, info, warn
 from vr.util.device import Runtime, resolve_runtime
@@ -147,8 +151,11 @@ def _loader(ds, batch_size: int, rt: Runtime, workers: int, *, train: bool, samp
     )
 
 
-def build_criterion(cfg: TrainConfig) -> nn.Module:
-    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+def build_criterion(cfg: TrainConfig, class_weights: torch.Tensor | None = None) -> nn.Module:
+    """The training loss (hard or soft targets). Validation always uses plain cross-entropy."""
+    if cfg.loss == "focal":
+        return FocalLoss(cfg.focal_gamma, class_weights, cfg.label_smoothing)
+    return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=cfg.label_smoothing)
 
 
 def _acc_dtype(device: torch.device) -> torch.dtype:
@@ -159,8 +166,14 @@ def evaluate(model: nn.Module, loader, criterion, rt: Runtime, channels_last: bo
              ctx: D.DistContext | None = None) -> tuple[float, float]:
     """Mean loss and accuracy over the loader; under DDP each rank holds a disjoint shard and
     the sums (loss x n, correct, n) are added over ranks, so every image counts exactly once."""
+    return evaluate_per_class(model, loader, criterion, rt, channels_last, ctx, 0)[:2]
+
+
+def evaluate_per_class(model: nn.Module, loader, criterion, rt: Runtime, channels_last: bool,
+                       ctx: D.DistContext | None, num_classes: int) -> tuple[float, float, list, list]:
+    """evaluate(), plus the correct and total counts per true class (reduced over ranks too)."""
     model.eval()
-    sums = torch.zeros(3, dtype=_acc_dtype(rt.device), device=rt.device)
+    sums = torch.zeros(3 + 2 * num_classes, dtype=_acc_dtype(rt.device), device=rt.device)
     with torch.no_grad():
         for x, y in loader:
             x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
@@ -168,13 +181,24 @@ def evaluate(model: nn.Module, loader, criterion, rt: Runtime, channels_last: bo
                 x = x.contiguous(memory_format=torch.channels_last)
             with rt.autocast():
                 logits = model(x)
+            hit = logits.argmax(1) == y
             sums[0] += criterion(logits.float(), y) * len(y)
-            sums[1] += (logits.argmax(1) == y).sum()
+            sums[1] += hit.sum()
             sums[2] += len(y)
+            if num_classes:
+                _count_per_class(sums[3:], y, hit, num_classes)
     if ctx is not None:
         ctx.all_reduce_sum(sums)
-    loss_sum, correct, total = sums.tolist()
-    return loss_sum / max(1.0, total), correct / max(1.0, total)
+    v = sums.tolist()
+    loss_sum, correct, total = v[:3]
+    return (loss_sum / max(1.0, total), correct / max(1.0, total), v[3:3 + num_classes],
+            v[3 + num_classes:])
+
+
+def _count_per_class(out: torch.Tensor, y: torch.Tensor, hit: torch.Tensor, num_classes: int) -> None:
+    """out[:C] += correct per class, out[C:] += samples per class."""
+    out[:num_classes].index_add_(0, y, hit.to(out.dtype))
+    out[num_classes:].index_add_(0, y, torch.ones_like(y, dtype=out.dtype))
 
 
 # Kept for callers of the earlier name.
@@ -189,25 +213,33 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, raw: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
                  scaler: torch.amp.GradScaler, criterion: nn.Module, rt: Runtime, *, channels_last: bool = False,
-                 clip_grad: float | None = None, ema=None, ddp: nn.Module | None = None):
+                 clip_grad: float | None = None, ema=None, ddp: nn.Module | None = None, num_classes: int = 0,
+                 mix: Callable | None = None):
         self.model, self.raw, self.opt, self.schedule = model, raw, optimizer, schedule
         self.scaler, self.criterion, self.rt = scaler, criterion, rt
         self.device = rt.device
         self.channels_last, self.clip_grad, self.ema, self.ddp = channels_last, clip_grad, ema, ddp
-        self.params = [p for p in raw.parameters() if p.requires_grad]
+        self.mix = mix  # (x, y) -> (x, y): MixUp/CutMix on the device batch, or None
+        self.num_classes = num_classes
+        # clip_grad_norm_ skips parameters without a gradient (frozen ones)
+        self.params = list(raw.parameters())
         self.loss_sum = torch.zeros((), dtype=_acc_dtype(self.device), device=self.device)
         self.correct = torch.zeros((), dtype=torch.int64, device=self.device)
         self.bad = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.per_class = torch.zeros(2 * num_classes, dtype=_acc_dtype(self.device), device=self.device)
         self.seen = 0
 
     def reset(self) -> None:
         self.loss_sum.zero_()
         self.correct.zero_()
         self.bad.zero_()
+        self.per_class.zero_()
         self.seen = 0
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, update: bool = True, div: int = 1) -> None:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.mix is not None:
+            x, y = self.mix(x, y)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.ddp is not None and not update:
@@ -228,8 +260,13 @@ class TrainStep:
         with torch.no_grad():
             loss = loss.detach()
             n = y.shape[0]
+            # Under MixUp/CutMix a prediction counts as right when it is the dominant target.
+            target = y.argmax(1) if y.is_floating_point() else y
+            hit = logits.detach().argmax(1) == target
             self.loss_sum.add_(loss, alpha=n)
-            self.correct.add_((logits.detach().argmax(1) == y).sum())
+            self.correct.add_(hit.sum())
+            if self.num_classes:
+                _count_per_class(self.per_class, target, hit, self.num_classes)
             self.bad.add_(torch.isfinite(loss).logical_not())
         self.seen += n
 
@@ -311,9 +348,50 @@ def check_paths(cfg: TrainConfig) -> tuple[Path, Path]:
     return data, run_dir
 
 
+def check_budget(cfg: TrainConfig, data: Path) -> int | None:
+    """--max-params, before any image is read: the model is counted on the meta device, for as
+    many classes as data/train has class folders. Returns the budget (None: no budget)."""
+    budget = parse_param_budget(cfg.max_params)
+    if budget is None:
+        return None
+    n = sum(1 for d in (data / "train").iterdir() if d.is_dir() and not d.name.startswith("."))
+    if n:  # none: the scan reports it
+        check_param_budget(model_param_count(cfg.model, n), budget, cfg.model)
+    return budget
+
+
+def load_init_checkpoint(cfg: TrainConfig) -> Checkpoint | None:
+    """--init-from: a vr checkpoint of the same architecture (its weights start a new run)."""
+    if cfg.init_from is None or cfg.resume:
+        return None
+    ck = load_checkpoint(cfg.init_from)
+    if ck.model_name != cfg.model:
+        raise VrError(f"--init-from {cfg.init_from} holds a {ck.model_name} but --model is {cfg.model}: "
+                      "the architecture must match")
+    return ck
+
+
+def check_init_classes(ck: Checkpoint, classes) -> None:
+    if tuple(ck.classes.names) == tuple(classes.names):
+        return
+    def names(xs: list[str]) -> str:
+        return ", ".join(map(repr, xs[:5])) + (" ..." if len(xs) > 5 else "")
+
+    only_ck = [c for c in ck.classes.names if c not in classes.names]
+    only_data = [c for c in classes.names if c not in ck.classes.names]
+    what = [f"only in the checkpoint: {names(only_ck)}"] if only_ck else []
+    if only_data:
+        what.append(f"only in train/: {names(only_data)}")
+    if not what:
+        what.append("same names in another order")
+    raise VrError(f"--init-from {ck.path}: its classes differ from the data's ({'; '.join(what)})")
+
+
 def _precheck_launch(cfg: TrainConfig) -> None:
     check_paths(cfg)
     check_model_name(cfg.model)
+    check_budget(cfg, Path(cfg.data))
+    load_init_checkpoint(cfg)
     dev = (cfg.device or "auto").lower()
     gpu = dev.startswith("cuda") or (dev == "auto" and torch.cuda.is_available())
     if dev == "mps":
@@ -425,6 +503,8 @@ def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
         return ck
 
     resume_ckpt = ctx.agree(load_resume)
+    budget = ctx.on_main(lambda: check_budget(cfg, data))
+    init_ckpt = ctx.agree(lambda: load_init_checkpoint(cfg))
 
     seed_everything(cfg.seed)
     rt = resolve_runtime(device, cfg.amp, verbose=ctx.is_main)
@@ -436,6 +516,8 @@ def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
         train_scan = scan_image_folder(data / "train", verify=cfg.verify_images, what="train")
         if resume_ckpt is not None and resume_ckpt.classes != train_scan.classes:
             raise VrError(f"the classes in {data / 'train'} differ from those of the run being resumed")
+        if init_ckpt is not None:
+            check_init_classes(init_ckpt, train_scan.classes)
         val_scan = scan_image_folder(data / "val", classes=train_scan.classes, verify=cfg.verify_images,
                                      what="val", reference="train/")
         return train_scan, val_scan
@@ -448,16 +530,35 @@ def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
     def build():
         if cfg.sync_bn and rt.device.type != "cuda":
             raise VrError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernels); drop it on CPU")
-        m = create_model(cfg.model, len(classes), cfg.drop_rate, pretrained=None if resume_ckpt else cfg.pretrained)
-        p = resume_ckpt.preprocess if resume_ckpt else resolve_run_preprocess(cfg, m)
+        from_ck = resume_ckpt is not None or init_ckpt is not None
+        m = create_model(cfg.model, len(classes), cfg.drop_rate, pretrained=None if from_ck else cfg.pretrained)
+        if resume_ckpt is not None:
+            p = resume_ckpt.preprocess
+        elif init_ckpt is not None:  # the weights were trained with its normalisation
+            p = resolve_run_preprocess(cfg.replace(
+                pretrained=None, mean=cfg.mean if cfg.mean is not None else init_ckpt.preprocess.mean,
+                std=cfg.std if cfg.std is not None else init_ckpt.preprocess.std), m)
+        else:
+            p = resolve_run_preprocess(cfg, m)
         check_input_size(m, p.input_size, cfg.model)
         if resume_ckpt is not None:
             m.load_state_dict(resume_ckpt.state_dict)
+        elif init_ckpt is not None:
+            try:
+                m.load_state_dict(init_ckpt.state_dict)
+            except RuntimeError as e:
+                raise VrError(f"--init-from {cfg.init_from} does not fit {cfg.model}: "
+                              f"{str(e).splitlines()[-1].strip() or str(e).splitlines()[0]}") from None
         return m, p
 
     raw, pre = ctx.agree(build)
     n_params = count_params(raw)
-    info(f"{cfg.model}: {format_params(n_params)} params · {len(classes)} classes · "
+    check_param_budget(n_params, budget, cfg.model)
+    if init_ckpt is not None:
+        info(f"initialised from {cfg.init_from} (epoch {init_ckpt.epoch}, input {init_ckpt.preprocess.input_size}px); "
+             "a new run: fresh optimizer and schedule" + ("; --pretrained ignored" if cfg.pretrained else ""))
+    info(f"{cfg.model}: {format_params(n_params)} params"
+         f"{f' (budget {format_params(budget)})' if budget is not None else ''} · {len(classes)} classes · "
          f"{len(train_scan.samples)} train / {len(val_scan.samples)} val images · input {pre.input_size}px "
          f"(resize {pre.resize_size}, {pre.interpolation})")
     if cfg.sync_bn and not ctx.enabled:
@@ -467,6 +568,9 @@ def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
     if ctx.is_main:
         classes.save(run_dir / "classes.json")
         saved_cfg.save_yaml(run_dir / "config.yaml")
+        write_manifest(run_dir, saved_cfg.to_dict(), providers={
+            "device": str(rt.device), "precision": str(rt.amp_dtype or "fp32"),
+            "processes": ctx.world_size if ctx.enabled else 1, "backend": ctx.backend if ctx.enabled else None})
 
     train_ds = EpochSeeded(ImageDataset(train_scan.samples, build_train_transform(
         pre, cfg.aug, hflip=cfg.hflip, vflip=cfg.vflip, rotation=cfg.rotation, blur=cfg.blur,
@@ -474,8 +578,14 @@ def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
     val_ds = ImageDataset(val_scan.samples, pre)
     # The shuffle of epoch e is a permutation seeded by (seed, e) alone, in one process as in DDP
     # (a DataLoader generator would not do: persistent workers skip a draw from it after epoch 1).
-    train_sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                       seed=cfg.seed * 100003)
+    labels = [y for _, y in train_scan.samples]
+    if cfg.balance == "sampler":
+        # One class-balanced draw of the epoch, the same on every rank, then sharded rank::world.
+        train_sampler = BalancedSampler(labels, len(classes), rank=ctx.rank, world_size=ctx.world_size,
+                                        seed=cfg.seed * 100003)
+    else:
+        train_sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                           seed=cfg.seed * 100003)
     val_sampler = D.ShardSampler(len(val_ds), ctx.rank, ctx.world_size) if ctx.enabled else None
     # The loader's own generator only seeds worker processes (unused: see EpochSeeded); a private
     # one keeps it from drawing on the global RNG.
@@ -493,19 +603,47 @@ def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(raw, decay=cfg.ema_decay)
-    optimizer = create_optimizer(raw, cfg)
+    optimizer = create_optimizer(raw, cfg)  # all parameters, frozen or not (see param_groups)
     n_batches = len(train_loader)
     accum = cfg.accum_steps
     schedule = LRSchedule(optimizer, cfg, math.ceil(n_batches / accum))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.use_scaler)
-    criterion = build_criterion(cfg)
+    loss_weights = None
+    if cfg.balance == "weights":
+        loss_weights = class_weights(labels, len(classes))
+        info("class weights (inverse frequency, mean 1): min "
+             f"{loss_weights[loss_weights > 0].min().item():.3g}, max {loss_weights.max().item():.3g}")
+    criterion = build_criterion(cfg, loss_weights) if loss_weights is not None else build_criterion(cfg)
+    if isinstance(criterion, nn.Module):
+        criterion.to(rt.device)
+    # Validation: plain cross-entropy whatever the training loss, so val curves compare across runs.
+    val_criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    mixer = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixer = BatchMix(len(classes), mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mix_prob,
+                         switch_prob=cfg.mix_switch_prob, seed=cfg.seed)
+    head_names = head_param_names(raw) if cfg.freeze_epochs else set()
+    # BatchNorm layers outside the head: in eval mode (running statistics fixed) while frozen.
+    frozen_bn = [m for name, m in raw.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 and not any(h.startswith(name + ".") for h in head_names)]
+
+    trainable = [(n, p) for n, p in raw.named_parameters() if p.requires_grad and n not in head_names]
+
+    def set_frozen(frozen: bool) -> None:
+        for _, prm in trainable:
+            prm.requires_grad_(not frozen)
 
     start_epoch, best_acc, best_epoch = 1, -1.0, 0
     history: list[dict] = []
+    per_class_history: list[dict] = []
     top: list = []
     if resume_ckpt is not None:
         ts = resume_ckpt.train_state
-        optimizer.load_state_dict(ts["optimizer"])
+        try:
+            optimizer.load_state_dict(ts["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise VrError(f"{last_path}: the saved optimizer state does not fit ({str(e).splitlines()[0]}); "
+                          "was --backbone-lr-mult changed since the run started?") from None
         schedule.load_state_dict(ts["schedule"])
         scaler.load_state_dict(ts["scaler"])
         set_rng_state(ts["rng"])
@@ -521,6 +659,7 @@ def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
             history = [dict(r) for r in ts["history"] if r["epoch"] <= resume_ckpt.epoch]
         else:  # checkpoints written before the history was kept in last.pt
             history = [r for r in read_metrics(run_dir / "metrics.csv") if r["epoch"] <= resume_ckpt.epoch]
+        per_class_history = [dict(r) for r in ts.get("per_class", []) if r["epoch"] <= resume_ckpt.epoch]
         was_world = int(ts.get("world_size", 1))
         if was_world != ctx.world_size:
             warn(f"resuming with {ctx.world_size} process(es) where the run used {was_world}: the batches, "
@@ -533,18 +672,32 @@ def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
                 if m and int(m.group(1)) not in keep:
                     f.unlink(missing_ok=True)
 
-    ddp = None
-    train_model: nn.Module = raw
-    if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    def wrap() -> tuple[nn.Module, nn.Module | None]:
+        """DDP (and torch.compile) around ``raw``. DDP registers the parameters that require a
+        gradient when it is built, so it is rebuilt when --freeze-epochs ends."""
+        ddp_, model_ = None, raw
+        if ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
-        ddp = DDP(raw, device_ids=[ctx.local_rank] if rt.device.type == "cuda" else None)
-        train_model = ddp
-    if cfg.compile:
-        train_model = torch.compile(train_model)
+            ddp_ = model_ = DDP(raw, device_ids=[ctx.local_rank] if rt.device.type == "cuda" else None)
+        if cfg.compile:
+            model_ = torch.compile(model_)
+        return model_, ddp_
+
+    frozen = start_epoch <= cfg.freeze_epochs
+    if frozen:
+        set_frozen(True)
+    if cfg.freeze_epochs:
+        if cfg.freeze_epochs >= cfg.epochs:
+            warn(f"--freeze-epochs {cfg.freeze_epochs} >= --epochs {cfg.epochs}: the backbone is never "
+                 "unfrozen, only the classifier head trains (a linear probe)")
+        if frozen:
+            info(f"training the classifier head only ({len(head_names)} tensors) until epoch "
+                 f"{min(cfg.freeze_epochs, cfg.epochs)}: backbone frozen, its BatchNorm in eval mode")
+    train_model, ddp = wrap()
     step = TrainStep(train_model, raw, optimizer, schedule, scaler, criterion, rt, channels_last=cfg.channels_last,
-                     clip_grad=cfg.clip_grad, ema=ema, ddp=ddp)
-    logger = RunLogger(run_dir, cfg.tensorboard, history) if ctx.is_main else None
+                     clip_grad=cfg.clip_grad, ema=ema, ddp=ddp, num_classes=len(classes))
+    logger = RunLogger(run_dir, cfg.tensorboard, history, per_class_history, classes.names) if ctx.is_main else None
     eval_model = ema.module if ema is not None else raw
 
     def weights(module: nn.Module) -> dict:
@@ -580,7 +733,22 @@ def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
                 train_sampler.set_epoch(epoch)
                 train_ds.set_epoch(epoch)
                 torch.manual_seed(cfg.seed * 100003 + epoch + 7919 * ctx.rank)
+                if frozen and epoch > cfg.freeze_epochs:
+                    frozen = False
+                    set_frozen(False)
+                    train_model, ddp = wrap()
+                    step.model, step.ddp = train_model, ddp
+                    info(f"epoch {epoch}: backbone unfrozen, training the whole model")
+                mixing = mixer is not None and epoch <= cfg.epochs - cfg.mix_off_epochs
+                if mixer is not None:
+                    mixer.set_epoch(epoch, ctx.rank)
+                    if not mixing and epoch == cfg.epochs - cfg.mix_off_epochs + 1:
+                        info(f"epoch {epoch}: MixUp/CutMix off for the last {cfg.mix_off_epochs} epoch(s)")
+                step.mix = mixer if mixing else None
                 train_model.train()
+                if frozen:
+                    for m in frozen_bn:
+                        m.eval()
                 task = progress.add_task(f"epoch {epoch}/{cfg.epochs}", total=n_batches, stats="")
 
                 def on_check(done: int) -> None:
@@ -601,19 +769,37 @@ def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
                     stop_msg, agreed = _interrupt_message(epoch, saved_epoch, last_path, data, run_dir, True), True
                     break
 
-                tr = torch.zeros(3, dtype=_acc_dtype(rt.device), device=rt.device)
+                n_cls = len(classes)
+                tr = torch.zeros(3 + 2 * n_cls, dtype=_acc_dtype(rt.device), device=rt.device)
                 tr[0], tr[1], tr[2] = step.loss_sum, step.correct, step.seen
-                train_loss_sum, train_correct, seen = ctx.all_reduce_sum(tr).tolist()
+                tr[3:] = step.per_class
+                tr = ctx.all_reduce_sum(tr).tolist()
+                train_loss_sum, train_correct, seen = tr[:3]
                 ctx.broadcast_module_state(eval_model)
-                val_loss, val_acc = evaluate(eval_model, val_loader, criterion, rt, cfg.channels_last, ctx)
+                val_loss, val_acc, val_cc, val_ct = evaluate_per_class(
+                    eval_model, val_loader, val_criterion, rt, cfg.channels_last, ctx, n_cls)
+                if not math.isfinite(val_loss):  # the epoch's last updates blew the weights up: do not save them
+                    keep = (f"{last_path} keeps epoch {saved_epoch}, the last good one" if saved_epoch >= 1
+                            else "before any epoch completed, so there is no checkpoint")
+                    raise D.AgreedError(
+                        f"val loss became nan or inf at epoch {epoch} (the weights diverged); stopped, {keep}. "
+                        f"Try a lower --lr, --clip-grad, or --no-amp")
+                per_class = {"epoch": epoch, "train_correct": tr[3:3 + n_cls], "train_total": tr[3 + n_cls:],
+                             "val_correct": val_cc, "val_total": val_ct}
                 lr_now = schedule.lr
+                backbone_lr_now = schedule.backbone_lr
                 schedule.epoch_end(val_loss)
                 row = {"epoch": epoch, "train_loss": train_loss_sum / max(1.0, seen),
                        "train_acc": train_correct / max(1.0, seen), "val_loss": val_loss, "val_acc": val_acc,
                        "lr": lr_now, "seconds": time.perf_counter() - t0}
+                if cfg.backbone_lr_mult != 1.0:
+                    row["backbone_lr"] = backbone_lr_now
                 progress.update(task, completed=n_batches,
                                 stats=f"loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} · "
                                       f"val loss {val_loss:.4f} acc {val_acc:.4f}")
+                if ctx.is_main:
+                    console.print(worst_classes_line(per_class, classes.names), soft_wrap=True, highlight=False,
+                                  markup=False)
                 metrics = {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
                 improved = val_acc > best_acc
                 if improved:
@@ -632,12 +818,14 @@ def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
                         "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                         "scaler": scaler.state_dict(), "rng": rng_state(), "best_acc": best_acc,
                         "best_epoch": best_epoch, "history": logger.rows[:] + [row], "top_k": top,
+                        "per_class": [r for r in logger.per_class if r["epoch"] < epoch] + [per_class],
                         "world_size": ctx.world_size, "ema": weights(ema.module) if ema is not None else None,
                     }
                     # last.pt after best.pt and the top-k files, before metrics.csv: it is the record
                     # a resume starts from (metrics.csv is rebuilt from its history).
                     save_checkpoint(last_path, make_ckpt(epoch, metrics, weights(raw), train_state))
                     saved_epoch = epoch
+                    logger.log_per_class(per_class)
                     logger.log(row)
                     for e in evicted:
                         (run_dir / topk_name(e)).unlink(missing_ok=True)
@@ -663,6 +851,19 @@ def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
     info(f"[bold]done[/bold]: best val acc {best_acc:.4f} at epoch {best_epoch} · {seconds:.1f}s · "
          f"{format_params(n_params)} params · {skipped} skipped files · {run_dir}")
     return result
+
+
+def worst_classes_line(record: dict, names, k: int = 5) -> str:
+    """The k classes with the lowest val accuracy, with their train accuracy (under MixUp/CutMix:
+    against the dominant target)."""
+    ranked = sorted((record["val_correct"][c] / record["val_total"][c], c)
+                    for c in range(len(names)) if record["val_total"][c])
+    parts = []
+    for acc, c in ranked[:k]:
+        tn = record["train_total"][c]
+        train = f"{record['train_correct'][c] / tn:.2f}" if tn else "-"
+        parts.append(f"{names[c]} {acc:.2f}/{train}")
+    return f"  epoch {record['epoch']} worst classes (val/train acc): {' · '.join(parts)}"
 
 
 def _interrupt_message(epoch: int, saved_epoch: int, last_path: Path, data: Path, run_dir: Path,

@@ -7,30 +7,50 @@ import math
 import torch
 from torch import nn
 
+from vr.models.factory import head_param_names
 from vr.train.config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and normalisation parameters (1-D tensors)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                 backbone_lr_mult: float = 1.0) -> list[dict]:
+    """No weight decay on biases and normalisation parameters (1-D tensors).
+
+    With ``backbone_lr_mult != 1`` the classifier head and the rest (the backbone) get groups of
+    their own: head groups first at ``lr``, then backbone groups at ``lr * backbone_lr_mult``
+    (param_groups[0] stays the head's, the lr logged as ``lr``). Every parameter is included,
+    frozen or not, so the groups (and a saved optimizer state) do not depend on --freeze-epochs.
+    """
+    split = backbone_lr_mult != 1.0
+    head = head_param_names(model) if split else set()
+    buckets: dict[tuple[str, bool], list] = {}
+    for name, p in model.named_parameters():
+        part = "head" if name in head else "backbone"
+        buckets.setdefault((part if split else "all", p.ndim > 1), []).append(p)
+    groups = []
+    for part in (("head", "backbone") if split else ("all",)):
+        for decay in (True, False):
+            params = buckets.get((part, decay), [])
+            if split and not params:
+                continue
+            g = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+            if split:
+                g["lr"] = lr * (1.0 if part == "head" else backbone_lr_mult)
+                g["name"] = part if decay else f"{part}_no_decay"
+            groups.append(g)
+    return groups
 
 
 def _fused_ok(model: nn.Module) -> bool:
     """Fused (single-kernel) optimizer steps exist for float parameters on CPU and CUDA. They do
     the same update as torch's default per-tensor loop, with far fewer kernel launches."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = list(model.parameters())
     return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params) \
         and len({p.device for p in params}) == 1
 
 
 def create_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Create after the model is on its device (the fused kernels are picked per device)."""
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.backbone_lr_mult)
     fused = True if _fused_ok(model) else None
     if cfg.opt == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, fused=fused)
@@ -104,7 +124,12 @@ class LRSchedule:
 
     @property
     def lr(self) -> float:
+        """The head's lr (the only one without --backbone-lr-mult)."""
         return self.opt.param_groups[0]["lr"]
+
+    @property
+    def backbone_lr(self) -> float:
+        return self.opt.param_groups[-1]["lr"]
 
     def state_dict(self) -> dict:
         return {"step_num": self.step_num, "plateau_scale": self.plateau_scale,
