@@ -13,5 +13,5 @@ vr train "$OUT/digits" --model resnet18 --img-size 32 --epochs "$EPOCHS" --opt a
   --sched onecycle --out "$OUT/run"
 vr export "$OUT/run/best.pt" --out "$OUT/run/model.onnx"
 vr eval "$OUT/run/best.pt" "$OUT/run/model.onnx" --data "$OUT/digits/val" --out "$OUT/report"
-vr submit "$OUT/run/model.onnx" "$OUT/digits/test" --out "$OUT/prediction.csv" --zip
+vr submit "$OUT/run/model.onnx" --test-dir "$OUT/digits/test" --out "$OUT/prediction.csv" --zip
 echo "demo done: run in $OUT/run, report in $OUT/report/report.md, submission in $OUT/prediction.zip"

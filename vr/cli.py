@@ -25,17 +25,21 @@ app.add_typer(data_app, name="data")
 _state = {"debug": False}
 
 
-@app.callback()
-def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-):
-    _state["debug"] = debug
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         import vr
 
         typer.echo(f"vr {vr.__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version)] = False,
+):
+    _state["debug"] = debug
 
 
 @data_app.command("digits")
@@ -73,6 +77,12 @@ def _submit(cfg):
     run_submit(cfg)
 
 
+def _predict(cfg):
+    from vr.evaluate.predict import run_predict
+
+    run_predict(cfg)
+
+
 def _export(cfg):
     from vr.export.run import run
 
@@ -100,16 +110,27 @@ def _register() -> None:
                    help="Train or fine-tune a classifier on DATA (train/<class>/, val/<class>/).")
     config_command(app, "eval", EvalConfig, _eval,
                    help="Score MODELS (.pt, .onnx, .engine) on labelled images and compare them: metrics, confusion "
-                        "matrices, worst classes, speed and agreement in OUT/report.md and report.json.")
+                        "matrices, worst classes, speed and agreement in OUT/report.md and report.json. A MODEL "
+                        "spelled a.pt+b.onnx (weighted: a.pt@0.6+b.onnx@0.4) is one soft-voting ensemble, reported "
+                        "with each member's accuracy and the members' agreement.")
     config_command(app, "submit", SubmitConfig, _submit,
                    help="Write the leaderboard CSV (image_name,pred_label: file stem, class folder name) for the "
-                        "images in TEST_DIR, or --check an existing one. Unreadable images, clashing stems and an "
-                        "empty folder are refused, naming the files.")
+                        "images in --test-dir (or a last TEST_DIR argument), or --check an existing one. Several "
+                        "MODELs (or a.pt+b.pt) are soft-voted (--weights 0.6,0.4). Unreadable images, clashing "
+                        "stems and an empty folder are refused, naming the files.")
 
     config_command(app, "export", ExportConfig, _export,
                    help="Export CHECKPOINT to ONNX with resize, crop, normalisation and TTA inside the graph (input: "
                         "uint8 [N, H, W, 3] RGB, one size per batch; output: probs [N, C]), check it against PyTorch "
-                        "on real images and refuse to write it if they disagree. --trt also builds a TensorRT engine.")
+                        "on real images and refuse to write it if they disagree. Several checkpoints export one "
+                        "soft-voting ensemble graph (--weights 0.6,0.4), each member with its own preprocessing. "
+                        "--trt also builds a TensorRT engine.")
+
+    from vr.evaluate.predict import PredictConfig
+
+    config_command(app, "predict", PredictConfig, _predict, yaml_option=False,
+                   help="Print the top-k classes, with names and probabilities, of IMAGES (files or folders) "
+                        "for MODEL: a .pt checkpoint, an .onnx export or a TensorRT .engine.")
 
     from vr.experiments.config import CompareConfig, SweepConfig
 
@@ -127,8 +148,45 @@ def _register() -> None:
 _register()
 
 
+def _click_exception_types() -> tuple[type, ...]:
+    """Click's exception base: newer typer vendors click as typer._click, older ones use click."""
+    types: list[type] = []
+    for mod in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            types.append(__import__(mod, fromlist=["ClickException"]).ClickException)
+        except ImportError:
+            pass
+    return tuple(types)
+
+
+def _show_usage_error(e) -> None:
+    """A bad flag or value, in one line like every other error (not click's usage block)."""
+    from rich.markup import escape
+
+    from vr.util.console import err_console
+
+    msg = " ".join(e.format_message().replace("Value error, ", "").split())
+    if type(e).__name__ == "NoArgsIsHelpError" or not msg:  # `vr` alone: the help is the answer
+        e.show()
+        return
+    ctx = getattr(e, "ctx", None)
+    if ctx is not None:
+        msg += f" (see {ctx.command_path} --help)"
+    err_console.print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True, markup=True, highlight=False)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Console entry point: VrError -> one red line and exit 2; Ctrl-C -> exit 130."""
+    from vr.util.manifest import set_command
+
+    set_command(["vr", *(sys.argv[1:] if argv is None else argv)])  # what manifest.json records
+    try:
+        return _main(argv)
+    finally:
+        set_command(None)
+
+
+def _main(argv: Optional[list[str]]) -> int:
     try:
         rv = app(args=argv, standalone_mode=False)
     except VrError as e:
@@ -150,10 +208,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except typer.Abort:
         return 1
     except Exception as e:  # click usage errors in non-standalone mode
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
+        if isinstance(e, _click_exception_types()):
+            _show_usage_error(e)
             return e.exit_code
         raise
     # typer turns Ctrl-C into Exit(130) and, without standalone mode, returns exit codes

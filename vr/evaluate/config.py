@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from vr.config import ConfigBase, check, check_choice, option
+from vr.models.ensemble import SPELLING, MemberSpec, expand_members, is_ensemble_spec
 
 TTA_CHOICES = ("none", "flip", "five-crop", "ten-crop")
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
@@ -18,6 +19,15 @@ _TTA_HELP = ("Test-time augmentation of a .pt checkpoint: class probabilities av
 _DEVICE_HELP = ("auto, cpu, cuda, cuda:N or mps. auto: .pt on CUDA, else MPS, else CPU; .onnx tries the TensorRT, "
                 "CUDA and CPU execution providers in that order. Asking for cuda and getting CPU is an error.")
 _WORKERS_HELP = "DataLoader worker processes that decode and preprocess images (0: in the main process)."
+_BUDGET_HELP = ("Parameter budget, e.g. 100M, 25.5M or 500K: refuse, before reading any image, a model (an ensemble: "
+                "all its members together) with more parameters.")
+MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".engine")
+
+
+def _param_budget(cfg):
+    from vr.models.budget import parse_param_budget
+
+    return parse_param_budget(cfg.max_params)
 
 
 def _check_common(cfg) -> None:
@@ -31,7 +41,10 @@ def _check_common(cfg) -> None:
 @dataclass
 class EvalConfig(ConfigBase):
     models: list[Path] = option(help="Model files to evaluate and compare: .pt checkpoints, .onnx exports, TensorRT "
-                                     ".engine files (with their .json sidecar).", argument=True)
+                                     ".engine files (with their .json sidecar). One argument spelled "
+                                     f"{SPELLING} is one soft-voting ensemble (each member with its own "
+                                     "preprocessing), reported with its members' accuracy and agreement.",
+                                argument=True)
     data: Optional[Path] = option(None, "Labelled images, DIR/<class>/<image> (required). If DIR holds a val/ folder "
                                         "and no model has a class named 'val', DIR/val is used, so a dataset root "
                                         "works. Class folders are matched to each model's classes by name; a folder "
@@ -47,19 +60,30 @@ class EvalConfig(ConfigBase):
     html: bool = option(True, "Also write report.html: one self-contained page (offline, thumbnails embedded) "
                               "with the confusion matrix whose cells list their images, the worst classes' "
                               "mistakes, the flips between models and a sortable per-class table.")
+    max_params: Optional[str] = option(None, _BUDGET_HELP)
 
     def __post_init__(self):
         check(self.data is not None, "--data is required: the folder of labelled images (DIR/<class>/<image>)")
         check(len(self.models) > 0, "give at least one model file")
         check(self.worst_k >= 0, f"--worst-k must be >= 0 (got {self.worst_k})")
         _check_common(self)
+        for m in self.models:
+            expand_members([m])  # the ensemble spelling, checked now
+        self.param_budget()
+
+    def param_budget(self) -> Optional[int]:
+        return _param_budget(self)
 
 
 @dataclass
 class SubmitConfig(ConfigBase):
-    model: Path = option(help="Model file: .pt checkpoint, .onnx export or TensorRT .engine.", argument=True)
-    test_dir: Path = option(help="Folder of unlabelled test images (directly inside it, not in sub-folders).",
-                            argument=True)
+    model: list[Path] = option(help="Model file: .pt checkpoint, .onnx export or TensorRT .engine. Several (or one "
+                                    f"argument {SPELLING}) are soft-voted into one submission, each member with its "
+                                    "own preprocessing (--weights), and their agreement is printed. The test folder "
+                                    "may also be given as the last argument: vr submit MODEL TEST_DIR.",
+                               argument=True)
+    test_dir: Optional[Path] = option(None, "Folder of unlabelled test images (directly inside it, not in "
+                                            "sub-folders).")
     out: Path = option(Path("prediction.csv"), "CSV to write (atomically: an interrupted run leaves the previous "
                                                "file intact). Columns image_name (file name without extension) and "
                                                "pred_label (class folder name), one row per image in natural order.")
@@ -72,6 +96,25 @@ class SubmitConfig(ConfigBase):
     batch_size: int = option(32, "Images per batch.")
     device: str = option("auto", _DEVICE_HELP)
     workers: int = option(2, _WORKERS_HELP)
+    weights: Optional[str] = option(None, "Ensemble member weights, comma-separated in the order of the models, "
+                                          "e.g. 0.6,0.4: positive, normalised to sum 1 (default: equal).")
+    max_params: Optional[str] = option(None, _BUDGET_HELP)
 
     def __post_init__(self):
         _check_common(self)
+        self.model = list(self.model)
+        last = self.model[-1] if self.model else None
+        if self.test_dir is None and len(self.model) >= 2 and (
+                Path(last).is_dir() or (Path(last).suffix.lower() not in MODEL_SUFFIXES and not is_ensemble_spec(last))):
+            self.test_dir = self.model.pop()  # the older spelling: vr submit MODEL TEST_DIR
+        check(len(self.model) > 0, "give a model file")
+        check(self.test_dir is not None, "give the folder of test images: vr submit MODEL --test-dir DIR")
+        self.members()
+        self.param_budget()
+
+    def members(self) -> list[MemberSpec]:
+        """The model, or the ensemble's members with their weights (None: equal shares)."""
+        return expand_members(self.model, self.weights)
+
+    def param_budget(self) -> Optional[int]:
+        return _param_budget(self)

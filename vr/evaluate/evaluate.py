@@ -10,8 +10,8 @@ import vr
 from vr.data.folders import ClassMap, natural_key, scan_image_folder
 from vr.errors import VrError
 from vr.evaluate.config import EvalConfig
-from vr.evaluate.metrics import agreement, classification_metrics, metric_deltas
-from vr.evaluate.predictors import Predictor, load_predictor
+from vr.evaluate.metrics import agreement, classification_metrics, ensemble_members, metric_deltas
+from vr.evaluate.predictors import Predictor, check_predictor_budget, load_predictor
 from vr.evaluate.report import (model_labels, print_summary, render_markdown, write_confusion_csv,
                                 write_confusion_png, write_predictions_csv)
 from vr.evaluate.runner import predict_files
@@ -53,7 +53,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     out = check_writable_dir(cfg.out)
     predictors = [load_predictor(p, device=cfg.device, tta=cfg.tta, batch_size=cfg.batch_size) for p in cfg.models]
     names = model_labels(cfg.models)
+    budget = cfg.param_budget()
     for name, p in zip(names, predictors):
+        check_predictor_budget(p, budget, name)  # before any image is read
         info(f"{name}: {p.runtime} on {p.provider} · TTA {p.tta} · {len(p.classes)} classes")
         for note in p.notes:
             warn(f"{name}: {note}")
@@ -87,8 +89,15 @@ def run_eval(cfg: EvalConfig) -> dict:
             write_confusion_csv(out / files["confusion_csv"], cm["counts"], cm["labels"])
             write_confusion_csv(out / files["confusion_normalized_csv"], cm["normalized"], cm["labels"], "{:.6f}")
             write_confusion_png(out / files["confusion_png"], cm["counts"], cm["normalized"], cm["labels"], name)
-            models.append({"name": name, **p.describe(), "notes": list(p.notes), **m, **run.timing(),
-                           "files": files})
+            entry = {"name": name, **p.describe(), "notes": list(p.notes), **m, **run.timing(), "files": files}
+            if run.member_probs is not None:  # an ensemble: how its members vote, and whether voting can help
+                votes = ensemble_members(run.member_probs, [str(x.path) for x in p.members], p.weights, run.probs,
+                                         y_true, p.classes)
+                entry["members"] = [{**d, **v} for d, v in zip(entry["members"], votes["members"])]
+                entry["member_agreement"] = votes["member_agreement"]
+                entry["any_member_correct"] = votes["any_member_correct"]
+                entry["notes"] += votes["notes"]
+            models.append(entry)
             all_probs.append(run.probs)
 
     pairs = []

@@ -115,3 +115,41 @@ def agreement(a_probs: np.ndarray, a_classes: ClassMap, b_probs: np.ndarray, b_c
 def metric_deltas(a: dict, b: dict) -> dict:
     """b minus a for each summary metric."""
     return {k: float(b[k] - a[k]) for k in SUMMARY_KEYS}
+
+
+def ensemble_members(member_probs: np.ndarray, names: Sequence[str], weights: Sequence[float],
+                     ensemble_probs: np.ndarray, y_true: Sequence[int] | None = None,
+                     classes: ClassMap | Sequence[str] | None = None) -> dict:
+    """How an ensemble's members vote: each member's own top-1 (its accuracy and macro F1 when the
+    labels are known) and how often it differs from the vote, the pairwise top-1 agreement, and a
+    note when voting cannot help (members that always agree cannot change a prediction)."""
+    member_probs, ensemble_probs = np.asarray(member_probs), np.asarray(ensemble_probs)
+    preds = member_probs.argmax(axis=-1)  # [M, N]
+    vote = ensemble_probs.argmax(axis=-1)
+    n = preds.shape[1]
+    members = []
+    for i, name in enumerate(names):
+        d = {"name": str(name), "weight": round(float(weights[i]), 6), "differs_from_vote": int((preds[i] != vote).sum())}
+        if y_true is not None:
+            m = classification_metrics(y_true, member_probs[i], classes, worst_k=0)
+            d.update(accuracy=m["accuracy"], top5=m["top5"], macro_f1=m["macro_f1"])
+        members.append(d)
+    pairs = []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            same = preds[i] == preds[j]
+            pairs.append({"a": str(names[i]), "b": str(names[j]), "top1_agreement": float(same.mean()) if n else 1.0,
+                          "n_disagree": int((~same).sum())})
+    out: dict = {"members": members, "member_agreement": pairs, "notes": []}
+    if pairs and min(p["top1_agreement"] for p in pairs) == 1.0:
+        out["notes"].append("the members pick the same class on every image: the vote cannot change a prediction, "
+                            "so this ensemble cannot do better than any one member")
+    if y_true is not None:
+        y = np.asarray(y_true, dtype=np.int64)
+        out["any_member_correct"] = float((preds == y[None]).any(axis=0).mean()) if n else 0.0
+        best = max(members, key=lambda d: d["accuracy"])
+        acc = float((vote == y).mean()) if n else 0.0
+        if acc < best["accuracy"]:
+            out["notes"].append(f"the vote's top-1 ({100 * acc:.2f}%) is below its best member {best['name']} "
+                                f"({100 * best['accuracy']:.2f}%)")
+    return out

@@ -6,7 +6,9 @@
   views of :mod:`vr.models.tta`);
 - :class:`OnnxPredictor` for an ``.onnx`` file from ``vr export`` (ONNX Runtime, execution
   providers tried in the order TensorRT, CUDA, CPU);
-- :class:`TensorRTPredictor` for a TensorRT ``.engine`` with its ``.json`` metadata sidecar.
+- :class:`TensorRTPredictor` for a TensorRT ``.engine`` with its ``.json`` metadata sidecar;
+- :class:`EnsemblePredictor` for ``A.pt+B.onnx`` (weights: ``A.pt@0.6+B.onnx@0.4``): the members'
+  probabilities, each from its own preprocessing and runtime, soft-voted (see vr.models.ensemble).
 
 Every predictor has ``classes`` (ClassMap), ``runtime``, ``provider`` (what actually ran, read back
 from the session), ``tta``, and works in two steps so that image decoding and host-side
@@ -124,6 +126,25 @@ class HostResize:
         return (h, w, 3)
 
 
+@dataclass(frozen=True)
+class EnsemblePrepare:
+    """PIL image -> one prepared item per ensemble member, each by the member's own preparer."""
+
+    parts: tuple
+
+    def __call__(self, img: Image.Image) -> tuple:
+        return tuple(p(img) for p in self.parts)
+
+
+@dataclass(frozen=True)
+class EnsembleSizedPrepare(EnsemblePrepare):
+    """As EnsemblePrepare, with ``shape_for`` (when a member is a graph) so that the runner can
+    batch the images by the shapes the graph members will be fed."""
+
+    def shape_for(self, h: int, w: int) -> tuple:
+        return tuple(p.shape_for(h, w) if hasattr(p, "shape_for") else None for p in self.parts)
+
+
 # --- the interface --------------------------------------------------------------------------
 @dataclass
 class Predictor:
@@ -138,10 +159,15 @@ class Predictor:
     host_preprocess: str = "none"
     notes: list[str] = field(default_factory=list)
     execution_providers: list[str] = field(default_factory=list)  # everything the session runs on, in order
+    param_count: int | None = None  # None: unknown (a graph exported without the count)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def param_counts(self) -> list[int | None]:
+        """Parameters per member (one entry for a single model), for the --max-params budget."""
+        return [self.param_count]
 
     def run(self, prepared: Sequence[Any]) -> np.ndarray:
         raise NotImplementedError
@@ -157,7 +183,8 @@ class Predictor:
     def describe(self) -> dict:
         return {"path": str(self.path), "runtime": self.runtime, "provider": self.provider, "tta": self.tta,
                 "execution_providers": list(self.execution_providers or [self.provider]),
-                "host_preprocess": self.host_preprocess, "num_classes": self.num_classes}
+                "host_preprocess": self.host_preprocess, "num_classes": self.num_classes,
+                "param_count": self.param_count}
 
     def _check_probs(self, probs: np.ndarray, n: int) -> np.ndarray:
         probs = np.asarray(probs, dtype=np.float32)
@@ -182,6 +209,7 @@ class TorchPredictor(Predictor):
             raise VrError(f"{path}: the model has {ckpt.num_classes} outputs but {len(ckpt.classes)} class names")
         self.device = dev
         self.model = ckpt.create_model().to(dev)
+        self.param_count = sum(p.numel() for p in self.model.parameters())
         self.preparer = TorchViews(ckpt.preprocess, self.tta)
         self.host_preprocess = "full (torch)"
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
@@ -201,6 +229,13 @@ class _GraphPredictor(Predictor):
     """Shared by ONNX Runtime and TensorRT: uint8 [N, H, W, 3] in, probabilities out."""
 
     max_batch: int = 0
+
+    def param_counts(self) -> list[int | None]:
+        """An ensemble graph's members one by one (its metadata lists them), else the total."""
+        members = (getattr(self, "metadata", None) or {}).get("members")
+        counts = [_int_or_none(m.get("param_count")) for m in members if isinstance(m, dict)] \
+            if isinstance(members, list) else []
+        return counts if counts and None not in counts else [self.param_count]
 
     def _run_array(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -228,6 +263,11 @@ class _GraphPredictor(Predictor):
         self.preparer, self.host_preprocess = RawRGB(), "none: raw images, batched by size"
         if not allow or pre is None or pre.border_crop > 0:
             return
+        members = (getattr(self, "metadata", None) or {}).get("members") or []
+        if len({json.dumps(m.get("preprocess"), sort_keys=True) for m in members if isinstance(m, dict)}) > 1:
+            # Each member of the ensemble graph resizes to its own size: no one host resize fits all.
+            self.host_preprocess = "none: raw images, batched by size (the ensemble's members preprocess differently)"
+            return
         candidate = HostResize(pre, compact=self.tta in ("none", "flip"))
         rng = np.random.default_rng(0)
         r = pre.resize_size
@@ -246,6 +286,13 @@ class _GraphPredictor(Predictor):
                 return
         self.preparer = candidate
         self.host_preprocess = "resize on host (probed: identical graph output)"
+
+
+def _int_or_none(v: Any) -> int | None:
+    try:
+        return int(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _json_value(v: Any) -> Any:
@@ -377,6 +424,7 @@ class OnnxPredictor(_GraphPredictor):
         super().__init__(path, ClassMap(tuple(meta["class_names"])), _check_baked_tta(path, tta, meta["tta"]),
                          batch_size, runtime="onnxruntime", preprocess=meta["preprocess"])
         self.metadata = meta
+        self.param_count = _int_or_none(meta.get("param_count"))
         import onnxruntime as ort
 
         providers = _ort_providers(device, ort.get_available_providers())
@@ -446,6 +494,7 @@ class TensorRTPredictor(_GraphPredictor):
         super().__init__(path, ClassMap(tuple(meta["class_names"])), _check_baked_tta(path, tta, meta["tta"]),
                          batch_size, runtime="tensorrt", preprocess=meta["preprocess"])
         self.metadata = meta
+        self.param_count = _int_or_none(meta.get("param_count"))
         self.device = torch.device("cuda" if dev == "auto" else dev)
         torch.cuda.set_device(self.device)
         self._logger = trt.Logger(trt.Logger.ERROR)
@@ -494,6 +543,89 @@ class TensorRTPredictor(_GraphPredictor):
         return y.float().cpu().numpy()
 
 
+class EnsemblePredictor(Predictor):
+    """Soft vote: ``sum_i w_i * probs_i`` over member predictors, each with its own preprocessing,
+    TTA and runtime, in the first member's class order (other orders are mapped by name).
+    ``run_with_members`` also returns each member's probabilities (for the agreement report)."""
+
+    def __init__(self, members: Sequence[Predictor], weights: Sequence[float], spec: str | Path,
+                 orders: Sequence[Sequence[int] | None] | None = None):
+        members = list(members)
+        first = members[0]
+        ttas = [m.tta for m in members]
+        providers = list(dict.fromkeys(m.provider for m in members))
+        super().__init__(Path(str(spec)), first.classes, ttas[0] if len(set(ttas)) == 1 else "+".join(ttas),
+                         first.batch_size, runtime="ensemble", provider=" + ".join(providers),
+                         preprocess=first.preprocess)
+        self.members = members
+        total = float(sum(weights))
+        self.weights = [float(w) / total for w in weights]
+        self.orders = list(orders) if orders is not None else [None] * len(members)
+        parts = tuple(m.preparer for m in members)
+        sized = any(hasattr(p, "shape_for") for p in parts)
+        self.preparer = EnsembleSizedPrepare(parts) if sized else EnsemblePrepare(parts)
+        self.host_preprocess = "; ".join(f"{m.path.name}: {m.host_preprocess}" for m in members)
+        self.notes = [f"{m.path.name}: {n}" for m in members for n in m.notes]
+        self.execution_providers = list(dict.fromkeys(e for m in members for e in (m.execution_providers or [m.provider])))
+        counts = self.param_counts()
+        self.param_count = None if None in counts else int(sum(counts))
+
+    def param_counts(self) -> list[int | None]:
+        return [c for m in self.members for c in m.param_counts()]
+
+    def run_with_members(self, prepared: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """-> (ensemble probabilities [N, C], member probabilities [M, N, C]), float32."""
+        out = []
+        for i, (m, order) in enumerate(zip(self.members, self.orders)):
+            p = np.asarray(m.run([item[i] for item in prepared]), dtype=np.float32)
+            out.append(p[:, order] if order is not None else p)
+        member_probs = np.stack(out)
+        probs = np.tensordot(np.asarray(self.weights, dtype=np.float64), member_probs.astype(np.float64), axes=1)
+        return self._check_probs(probs, len(prepared)), member_probs
+
+    def run(self, prepared: Sequence[Any]) -> np.ndarray:
+        return self.run_with_members(prepared)[0]
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d["members"] = [{"path": str(m.path), "weight": w, "runtime": m.runtime, "provider": m.provider,
+                         "tta": m.tta, "param_count": m.param_count,
+                         "input_size": m.preprocess.input_size if m.preprocess is not None else None}
+                        for m, w in zip(self.members, self.weights)]
+        return d
+
+
+def load_ensemble(members, device: str = "auto", tta: str | None = None, batch_size: int = 32,
+                  host_resize: bool = True, spec: str | Path | None = None) -> EnsemblePredictor:
+    """An EnsemblePredictor over ``members`` (vr.models.ensemble.MemberSpec); class names checked."""
+    from vr.models.ensemble import SEP, WEIGHT_SEP, class_order, normalised_weights
+
+    members = list(members)
+    if len(members) < 2:
+        raise VrError("an ensemble needs two or more models")
+    loaded = [load_predictor(m.path, device, tta, batch_size, host_resize) for m in members]
+    orders = class_order([(str(m.path), p.classes.names) for m, p in zip(members, loaded)])
+    if spec is None:
+        spec = SEP.join(str(m.path) + (f"{WEIGHT_SEP}{m.weight:g}" if m.weight is not None else "") for m in members)
+    return EnsemblePredictor(loaded, normalised_weights(members), spec, orders)
+
+
+def check_predictor_budget(predictor: Predictor, budget: int | None, label: str) -> int | None:
+    """--max-params: one line when the model (all members together) is over ``budget``, or when a
+    member's parameter count is unknown. Returns the total (None without a budget and a count)."""
+    from vr.models.budget import check_param_budget
+
+    counts = predictor.param_counts()
+    if budget is None:
+        return None if None in counts else int(sum(counts))
+    if None in counts:
+        unknown = next((m.path for m in getattr(predictor, "members", []) if None in m.param_counts()), predictor.path)
+        raise VrError(f"cannot check --max-params for {label}: {unknown} carries no parameter count "
+                      f"(not exported by this vr: re-export it with vr export)")
+    what = f"{label} ({len(counts)} members)" if len(counts) > 1 else label
+    return check_param_budget([int(c) for c in counts], budget, what=what)
+
+
 def model_kind(path: str | Path) -> str:
     path = Path(path)
     if not path.exists():
@@ -510,6 +642,7 @@ def load_predictor(path: str | Path, device: str = "auto", tta: str | None = Non
                    host_resize: bool = True) -> Predictor:
     """Load any model file behind the one interface.
 
+    ``path`` may spell an ensemble, ``A.pt+B.onnx`` or ``A.pt@0.6+B.onnx@0.4`` (EnsemblePredictor).
     ``tta=None`` means the model's own: none for a checkpoint, the exported mode for a graph. A
     graph's TTA is baked in at export, so asking for another mode is an error. ``device`` is
     auto, cpu, cuda, cuda:N (or mps, for checkpoints); asking for CUDA and getting CPU is an error.
@@ -517,6 +650,10 @@ def load_predictor(path: str | Path, device: str = "auto", tta: str | None = Non
     check_tta(tta)
     if batch_size < 1:
         raise VrError(f"--batch-size must be positive (got {batch_size})")
+    from vr.models.ensemble import is_ensemble_spec, parse_model_spec
+
+    if is_ensemble_spec(path):
+        return load_ensemble(parse_model_spec(path), device, tta, batch_size, host_resize, spec=path)
     kind = model_kind(path)
     if kind == "torch":
         return TorchPredictor(path, device, tta, batch_size)
@@ -526,7 +663,15 @@ def load_predictor(path: str | Path, device: str = "auto", tta: str | None = Non
 
 
 def model_classes(path: str | Path) -> ClassMap:
-    """The class vocabulary of a model file, without building a runtime session."""
+    """The class vocabulary of a model file (or of an ensemble: its first member's, once all
+    members are checked to know the same names), without building a runtime session."""
+    from vr.models.ensemble import class_order, is_ensemble_spec, parse_model_spec
+
+    if is_ensemble_spec(path):
+        members = parse_model_spec(path)
+        maps = [model_classes(m.path) for m in members]
+        class_order([(str(m.path), c.names) for m, c in zip(members, maps)])
+        return maps[0]
     path = Path(path)
     kind = model_kind(path)
     if kind == "torch":

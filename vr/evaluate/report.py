@@ -23,12 +23,16 @@ def csv_text(rows: Sequence[Sequence], header: Sequence[str]) -> str:
 
 def model_labels(paths: Sequence[Path]) -> list[str]:
     """File-name-safe, unique labels: the stem; the name with its suffix when stems clash (best.pt,
-    best.onnx -> best_pt, best_onnx); a counter when whole names clash too."""
-    def safe(s: str) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("._") or "model"
+    best.onnx -> best_pt, best_onnx); a counter when whole names clash too. An ensemble
+    (a.pt+b.pt) is named by its members' stems joined by '+'."""
+    from vr.models.ensemble import is_ensemble_spec, spec_label
 
-    stems = [safe(Path(p).stem) for p in paths]
-    labels = [s if stems.count(s) == 1 else safe(Path(p).stem + "_" + Path(p).suffix.lstrip(".")) for s, p in zip(stems, paths)]
+    def safe(s: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._+-]+", "_", s).strip("._") or "model"
+
+    stems = [safe(spec_label(p) if is_ensemble_spec(p) else Path(p).stem) for p in paths]
+    labels = [s if stems.count(s) == 1 or is_ensemble_spec(p) else safe(Path(p).stem + "_" + Path(p).suffix.lstrip("."))
+              for s, p in zip(stems, paths)]
     seen: dict[str, int] = {}
     out = []
     for lab in labels:
@@ -54,8 +58,14 @@ def write_confusion_csv(path: Path, matrix, names: Sequence[str], fmt: str = "{}
 
 def write_confusion_png(path: Path, counts, normalized, names: Sequence[str], title: str) -> None:
     """Raw counts and row-normalised matrix side by side (matplotlib, no pyplot, Agg canvas)."""
+    import warnings
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    # Class names in a script the font lacks (CJK, ...) are drawn as boxes; not a two-line
+    # UserWarning on stderr per missing glyph.
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
 
     counts, normalized = np.asarray(counts), np.asarray(normalized)
     c = len(names)
@@ -128,6 +138,8 @@ def render_markdown(report: dict) -> str:
         for note in m.get("notes", []):
             L.append(f"\n> note: {note}")
         L.append("")
+        if m.get("members"):
+            _render_members(L, m)
         files = m["files"]
         L.append(f"![confusion matrix]({files['confusion_png']})\n")
         L.append(f"Files: [{files['predictions']}]({files['predictions']}), [{files['confusion_csv']}]({files['confusion_csv']}), "
@@ -170,6 +182,26 @@ def render_markdown(report: dict) -> str:
     return "\n".join(L) + "\n"
 
 
+def _params(n) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f}M"
+
+
+def _render_members(L: list[str], m: dict) -> None:
+    L.append(f"### Ensemble members ({len(m['members'])}, soft vote)\n")
+    L.append("| member | weight | runtime | TTA | params | top-1 | macro F1 | differs from the vote |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for d in m["members"]:
+        L.append(f"| `{d['path']}` | {d['weight']:.3g} | {d['runtime']} | {d['tta']} | {_params(d.get('param_count'))} | "
+                 f"{_pct(d.get('accuracy'))} | {_pct(d.get('macro_f1'))} | {d.get('differs_from_vote', '-')} |")
+    L.append(f"\nEnsemble top-1 {_pct(m['accuracy'])}; at least one member right on {_pct(m.get('any_member_correct'))} "
+             f"of the images.\n")
+    L.append("| member a | member b | top-1 agreement | images that differ |")
+    L.append("|---|---|---|---|")
+    for a in m.get("member_agreement", []):
+        L.append(f"| `{a['a']}` | `{a['b']}` | {_pct(a['top1_agreement'])} | {a['n_disagree']} |")
+    L.append("")
+
+
 def print_summary(report: dict) -> None:
     from rich.table import Table
 
@@ -184,6 +216,12 @@ def print_summary(report: dict) -> None:
                   _pct(m["macro_f1"]), _num(m["images_per_second"]), _num(lat.get("p50"), "{:.2f}"),
                   _num(lat.get("p95"), "{:.2f}"))
     console.print(t)
+    for m in report["models"]:
+        for d in m.get("members", []):
+            console.print(f"{m['name']} member {d['path']} (weight {d['weight']:.3g}): top-1 {_pct(d.get('accuracy'))}, "
+                          f"differs from the vote on {d.get('differs_from_vote', '-')} images")
+        for a in m.get("member_agreement", []):
+            console.print(f"{m['name']} members {a['a']} vs {a['b']}: top-1 agreement {_pct(a['top1_agreement'])}")
     for a in report["agreement"]:
         console.print(f"{a['a']} vs {a['b']}: top-1 agreement {_pct(a['top1_agreement'])}, {a['n_flipped']} flipped, "
                       f"max |Δp| {_num(a['max_abs_prob_diff'], '{:.3g}')}, Δ top-1 {100 * a['deltas']['accuracy']:+.2f} pts")

@@ -22,6 +22,7 @@ class PredictionRun:
     batch_seconds: list[float] = field(default_factory=list)  # model time of each batch
     batch_sizes: list[int] = field(default_factory=list)
     wall_seconds: float = 0.0  # whole loop: waiting for decoded images included, warm-up excluded
+    member_probs: np.ndarray | None = None  # [M, N, C] for an ensemble: each member's own probabilities
 
     @property
     def images_per_second(self) -> float:
@@ -121,6 +122,7 @@ def predict_files(predictor: Predictor, paths: Sequence[Path], batch_size: int |
         loader = DataLoader(data, batch_size=bs, shuffle=False, num_workers=workers, collate_fn=as_list,
                             prefetch_factor=prefetch)
     result = PredictionRun(np.zeros((len(paths), predictor.num_classes), dtype=np.float32))
+    with_members = getattr(predictor, "run_with_members", None)  # an ensemble: keep each member's vote too
     warm_seconds = 0.0
     start = time.perf_counter()
     for batch in loader:
@@ -135,7 +137,13 @@ def predict_files(predictor: Predictor, paths: Sequence[Path], batch_size: int |
             predictor.run(items[:1])
             warm_seconds = time.perf_counter() - t
         t = time.perf_counter()
-        probs = predictor.run(items)
+        if with_members is not None:
+            probs, member_probs = with_members(items)
+            if result.member_probs is None:
+                result.member_probs = np.zeros((len(member_probs), len(paths), predictor.num_classes), np.float32)
+            result.member_probs[:, idx] = member_probs
+        else:
+            probs = predictor.run(items)
         result.batch_seconds.append(time.perf_counter() - t)
         result.batch_sizes.append(len(items))
         result.probs[idx] = probs

@@ -149,11 +149,33 @@ def check_submission(csv_path: Path, test_dir: Path, classes: ClassMap) -> int:
     return len(body)
 
 
-def run_submit(cfg: SubmitConfig) -> Path:
-    from vr.evaluate.predictors import load_predictor, model_classes
+def _print_votes(predictor, run) -> None:
+    """An ensemble's members: how often each differs from the vote, and their pairwise agreement."""
+    from vr.evaluate.metrics import ensemble_members
+    from vr.util.console import warn
 
+    votes = ensemble_members(run.member_probs, [str(m.path) for m in predictor.members], predictor.weights, run.probs)
+    n = run.probs.shape[0]
+    for m in votes["members"]:
+        info(f"member {m['name']} (weight {m['weight']:.3g}): differs from the vote on {m['differs_from_vote']} "
+             f"of {n} images")
+    for a in votes["member_agreement"]:
+        info(f"member agreement {a['a']} vs {a['b']}: {100 * a['top1_agreement']:.2f}% top-1 "
+             f"({a['n_disagree']} images differ)")
+    for note in votes["notes"]:
+        warn(note)
+
+
+def run_submit(cfg: SubmitConfig) -> Path:
+    from vr.evaluate.predictors import check_predictor_budget, load_ensemble, load_predictor, model_classes
+    from vr.models.ensemble import class_order
+
+    members = cfg.members()
+    ensemble = len(members) > 1
     if cfg.check_csv is not None:
-        n = check_submission(cfg.check_csv, cfg.test_dir, model_classes(cfg.model))
+        maps = [model_classes(m.path) for m in members]
+        class_order([(str(m.path), c.names) for m, c in zip(members, maps)])
+        n = check_submission(cfg.check_csv, cfg.test_dir, maps[0])
         info(f"{cfg.check_csv} is a valid submission: {n} rows, one per test image, labels among the model's classes")
         return Path(cfg.check_csv)
 
@@ -161,9 +183,14 @@ def run_submit(cfg: SubmitConfig) -> Path:
     if cfg.zip:
         check_output_file(out.with_suffix(".zip"))
     paths = list_test_images(cfg.test_dir)
-    predictor = load_predictor(cfg.model, device=cfg.device, tta=cfg.tta, batch_size=cfg.batch_size)
-    info(f"{cfg.model}: {predictor.runtime} on {predictor.provider} · TTA {predictor.tta} · "
-         f"{len(predictor.classes)} classes · {len(paths)} test images")
+    if ensemble:
+        predictor = load_ensemble(members, device=cfg.device, tta=cfg.tta, batch_size=cfg.batch_size)
+    else:
+        predictor = load_predictor(members[0].path, device=cfg.device, tta=cfg.tta, batch_size=cfg.batch_size)
+    total = check_predictor_budget(predictor, cfg.param_budget(), str(predictor.path))
+    params = "" if total is None else f" · {total:,} parameters"
+    info(f"{predictor.path}: {predictor.runtime} on {predictor.provider} · TTA {predictor.tta} · "
+         f"{len(predictor.classes)} classes · {len(paths)} test images{params}")
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -174,6 +201,8 @@ def run_submit(cfg: SubmitConfig) -> Path:
                   console=console) as progress:
         task = progress.add_task("predict", total=len(paths))
         run = predict_files(predictor, paths, cfg.batch_size, cfg.workers, advance=lambda n: progress.advance(task, n))
+    if run.member_probs is not None:
+        _print_votes(predictor, run)
     labels = [predictor.classes.names[i] for i in run.probs.argmax(axis=1)]
     zip_path = write_submission(out, [p.stem for p in paths], labels, cfg.zip)
     counts: dict[str, int] = {}

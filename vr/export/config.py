@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from vr.config import ConfigBase, check, check_choice, option
+from vr.models.ensemble import SPELLING, MemberSpec, expand_members
 
 # Kept here (not imported from vr.models.tta / vr.export.onnx) so that building the CLI does not
 # import torch; tests check they agree.
@@ -14,13 +15,13 @@ TTA_MODES = ("none", "flip", "five-crop", "ten-crop")
 MIN_OPSET, MAX_OPSET = 18, 20  # antialiased Resize needs 18; PyTorch's TorchScript exporter stops at 20
 RESIZE_IMPLS = ("resize", "matmul")
 
-G, V, T = "Graph", "Parity gate", "TensorRT"
+G, V, T, E = "Graph", "Parity gate", "TensorRT", "Ensemble and budget"
 
 
 @dataclass
 class ExportConfig(ConfigBase):
-    checkpoint: Path = option(help="A vr checkpoint (.pt) written by vr train.", argument=True)
-    out: Optional[Path] = option(None, "Output ONNX file (default: model.onnx beside the checkpoint).", group=G)
+    checkpoint: list[Path] = option(help=f"A vr checkpoint (.pt) written by vr train. Several (or {SPELLING}) export one soft-voting ensemble: one graph in which every member runs its own preprocessing (size, resize, crop, mean/std), the same --tta views and its backbone, and the members' probabilities are averaged (--weights). Members must share their class names.", argument=True)
+    out: Optional[Path] = option(None, "Output ONNX file (default: model.onnx beside the checkpoint; ensemble.onnx beside the first checkpoint of an ensemble).", group=G)
     tta: str = option("none", "Test-time augmentation inside the graph: none; flip (centre crop + mirror); five-crop (centre + 4 corners of the resized image); ten-crop (five-crop + mirrors). Probabilities are averaged over the views.", choices=TTA_MODES, group=G)
     opset: int = option(18, f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (antialiased Resize needs 18).", group=G)
     static_batch: Optional[int] = option(None, "Fix the batch dimension to N (default: dynamic).", group=G)
@@ -39,8 +40,13 @@ class ExportConfig(ConfigBase):
     trt_size: tuple[int, int, int] = option((32, 512, 2048), "TensorRT optimisation profile for the image height and width in pixels: MIN OPT MAX.", group=T)
     trt_workspace: float = option(4.0, "TensorRT builder workspace limit in GiB.", group=T)
     trt_timing_cache: Optional[Path] = option(None, "TensorRT timing cache file, read and updated (default: timing.cache beside the engine).", group=T)
+    weights: Optional[str] = option(None, "Ensemble member weights, comma-separated in the order of the checkpoints, e.g. 0.6,0.4: positive, normalised to sum 1 (default: equal).", group=E)
+    max_params: Optional[str] = option(None, "Parameter budget, e.g. 100M, 25.5M or 500K: refuse (before exporting anything) a model, or an ensemble with all its members together, that has more parameters.", group=E)
 
     def __post_init__(self):
+        check(len(self.checkpoint) > 0, "give a checkpoint to export")
+        self.members()  # the ensemble spelling and --weights, checked now
+        self.param_budget()
         check_choice("TTA mode", self.tta, TTA_MODES)
         check_choice("resize implementation", self.resize_impl, RESIZE_IMPLS)
         check(MIN_OPSET <= self.opset <= MAX_OPSET,
@@ -64,3 +70,13 @@ class ExportConfig(ConfigBase):
             check(lo <= self.static_batch <= hi,
                   f"--static-batch {self.static_batch} lies outside --trt-batch {lo} {opt} {hi}")
             self.trt_batch = (self.static_batch,) * 3
+
+    def members(self) -> list[MemberSpec]:
+        """The checkpoints to export, each with its --weights / @weight (None: equal shares)."""
+        return expand_members(self.checkpoint, self.weights)
+
+    def param_budget(self) -> Optional[int]:
+        """--max-params as a parameter count (None: no budget)."""
+        from vr.models.budget import parse_param_budget
+
+        return parse_param_budget(self.max_params)

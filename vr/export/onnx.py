@@ -17,6 +17,10 @@ softmax probabilities averaged over the TTA views. Inside, in the order of
 4. normalisation, exactly ``(x - 255 * mean) / (255 * std)`` in float32;
 5. the backbone (exported with the TorchScript exporter), softmax, and the mean over the views.
 
+An ensemble (:func:`build_ensemble_onnx`) is one graph with the same input and output: the
+``images`` input feeds each member's own steps 1-5 (nodes ``pre/m<i>/...`` and ``net/m<i>/...``),
+and ``probs`` is the weighted sum of the members' outputs (nodes ``ens/...``).
+
 Two implementations of the resize exist (``resize_impl``):
 
 - ``"resize"``: ONNX ``Resize`` (opset 18, ``antialias=1``, ``half_pixel``, ``cubic_coeff_a=-0.5``).
@@ -46,7 +50,8 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "probs"
 PIL_PRECISION_BITS = 22  # Pillow's Resample.c: 32 - 8 - 2 fractional bits for 8-bit images
 METADATA_KEYS = ("class_names", "preprocess", "tta", "checkpoint_sha256", "vr_version", "opset",
-                 "input", "output", "resize_impl", "resize_pass_order")
+                 "input", "output", "resize_impl", "resize_pass_order", "param_count")
+ENSEMBLE_METADATA_KEYS = ("members",)  # an ensemble's: checkpoint, sha256, model, preprocess, weight, param_count
 INPUT_CONTRACT = ("uint8 [N, H, W, 3] RGB, N/H/W dynamic; the images of one batch share one size "
                   "(feed differently sized images one at a time)")
 
@@ -276,12 +281,13 @@ def _hflip(g: _Builder, x: str) -> str:
 
 def preprocess_model(pre: Preprocess, tta: str = "none", *, opset: int = 18, static_batch: int | None = None,
                      resize_impl: str = "resize", normalize: bool = True, output_name: str = "views",
-                     height_first_rule: bool | None = None):
+                     height_first_rule: bool | None = None, prefix: str = "pre/"):
     """The preprocessing graph: ``images`` uint8 [N, H, W, 3] -> ``views`` float32
     [N * V, 3, S, S] (image-major: all V views of image 0, then of image 1, ...).
 
     ``normalize=False`` leaves the views in [0, 255] (tests compare them with PIL pixel by pixel).
     ``height_first_rule`` (default: probe the installed Pillow) builds Pillow 13's pass order in.
+    ``prefix`` names the nodes; it must start with "pre/" (TensorRT pins those layers to float32).
     """
     import onnx
     from onnx import TensorProto, helper
@@ -290,7 +296,7 @@ def preprocess_model(pre: Preprocess, tta: str = "none", *, opset: int = 18, sta
         raise VrError(f"unknown TTA mode {tta!r}: use one of {', '.join(TTA_MODES)}")
     if resize_impl not in RESIZE_IMPLS:
         raise VrError(f"unknown resize implementation {resize_impl!r}: use one of {', '.join(RESIZE_IMPLS)}")
-    g = _Builder()
+    g = _Builder(prefix)
     x = INPUT_NAME
     shape = g.op("Shape", x)
     n, h, w = g.dim(shape, 0), g.dim(shape, 1), g.dim(shape, 2)
@@ -338,7 +344,7 @@ def preprocess_model(pre: Preprocess, tta: str = "none", *, opset: int = 18, sta
         mean = (np.asarray(pre.mean, np.float32) * np.float32(255.0)).reshape(1, 3, 1, 1)
         std = (np.asarray(pre.std, np.float32) * np.float32(255.0)).reshape(1, 3, 1, 1)
         x = g.op("Div", g.op("Sub", x, g.f32(mean, "mean255")), g.f32(std, "std255"))
-    g.nodes.append(helper.make_node("Identity", [x], [output_name], name="pre/output"))
+    g.nodes.append(helper.make_node("Identity", [x], [output_name], name=f"{prefix}output"))
     batch = static_batch if static_batch else "batch"
     nviews = static_batch * num_views(tta) if static_batch else "batch_views"
     graph = helper.make_graph(
@@ -402,12 +408,13 @@ def backbone_model(model, pre: Preprocess, tta: str, *, opset: int = 18, static_
 # ---------------------------------------------------------------------------------------------
 # The whole model
 # ---------------------------------------------------------------------------------------------
-def build_metadata(ckpt, tta: str, opset: int, resize_impl: str, height_first_rule: bool | None = None) -> dict[str, str]:
+def build_metadata(ckpt, tta: str, opset: int, resize_impl: str, height_first_rule: bool | None = None,
+                   param_count: int | None = None) -> dict[str, str]:
     import vr
     from vr.models.checkpoint import file_sha256
 
     sha = file_sha256(ckpt.path) if ckpt.path is not None and Path(ckpt.path).is_file() else ""
-    return {
+    meta = {
         "class_names": json.dumps(list(ckpt.classes.names)),
         "preprocess": json.dumps(ckpt.preprocess.to_dict()),
         "tta": tta,
@@ -421,6 +428,78 @@ def build_metadata(ckpt, tta: str, opset: int, resize_impl: str, height_first_ru
                               if (pil_height_first() if height_first_rule is None else height_first_rule)
                               else "width first (Pillow < 13)"),
     }
+    if param_count is not None:
+        meta["param_count"] = str(int(param_count))
+    return meta
+
+
+def build_ensemble_metadata(ckpts, weights, param_counts, tta: str, opset: int, resize_impl: str,
+                            height_first_rule: bool | None = None) -> dict[str, str]:
+    """The first member's keys (its preprocess, its class order: the ensemble's) plus ``members``
+    (checkpoint, sha256, model, preprocess, weight, param_count of each) and the total param_count."""
+    meta = build_metadata(ckpts[0], tta, opset, resize_impl, height_first_rule, param_count=sum(param_counts))
+    members = []
+    for ckpt, w, n in zip(ckpts, weights, param_counts):
+        one = build_metadata(ckpt, tta, opset, resize_impl, height_first_rule)
+        members.append({"checkpoint": str(ckpt.path) if ckpt.path is not None else "", "sha256": one["checkpoint_sha256"],
+                        "model": ckpt.model_name, "preprocess": ckpt.preprocess.to_dict(), "weight": float(w),
+                        "param_count": int(n)})
+    meta["members"] = json.dumps(members)
+    meta["checkpoint_sha256"] = "+".join(m["sha256"] for m in members)
+    meta["output"] = (f"{OUTPUT_NAME}: float32 [N, C] weighted mean over the {len(members)} members (weights in "
+                      f"members) of each member's softmax probabilities averaged over its TTA views")
+    return meta
+
+
+def _classifier_graph(ckpt, model, tta: str, opset: int, static_batch: int | None, resize_impl: str, rule: bool,
+                      tag: str = ""):
+    """One checkpoint's preprocessing + backbone as a ModelProto: ``images`` -> ``probs`` (a member
+    of an ensemble, ``tag`` "m0/", gets its own names: pre/m0/..., net/m0/..., output net/m0/probs)."""
+    from onnx import compose
+
+    front = preprocess_model(ckpt.preprocess, tta, opset=opset, static_batch=static_batch, resize_impl=resize_impl,
+                             height_first_rule=rule, prefix=f"pre/{tag}",
+                             output_name=f"pre/{tag}views" if tag else "views")
+    back = backbone_model(model, ckpt.preprocess, tta, opset=opset, static_batch=static_batch)
+    back = compose.add_prefix(back, f"net/{tag}", rename_outputs=bool(tag))
+    front.ir_version = back.ir_version
+    return compose.merge_models(front, back, io_map=[(front.graph.output[0].name, f"net/{tag}x")], prefix1="",
+                                prefix2="", producer_name="vr", producer_version=_vr_version(), doc_string=(
+                                    f"vr classifier: {INPUT_NAME} {INPUT_CONTRACT} -> {OUTPUT_NAME} [N, C]"))
+
+
+def _finish(merged, num_classes: int, static_batch: int | None, metadata: dict[str, str]):
+    """One opset import per domain, a readable output shape [batch, C], the metadata; checked."""
+    import onnx
+    from onnx import helper
+
+    seen: dict[str, int] = {}
+    for imp in merged.opset_import:
+        seen[imp.domain] = max(seen.get(imp.domain, 0), imp.version)
+    del merged.opset_import[:]
+    merged.opset_import.extend(helper.make_opsetid(d, v) for d, v in seen.items())
+    dims = merged.graph.output[0].type.tensor_type.shape.dim
+    del dims[:]
+    for value in (static_batch or "batch", num_classes):
+        d = dims.add()
+        if isinstance(value, int):
+            d.dim_value = value
+        else:
+            d.dim_param = value
+    # merge_models keeps only the opset imports; state the graph's contract explicitly.
+    del merged.metadata_props[:]
+    helper.set_model_props(merged, metadata)
+    try:
+        onnx.checker.check_model(merged)
+    except onnx.checker.ValidationError as e:
+        raise VrError(f"the exported graph is invalid: {str(e).splitlines()[0]}") from None
+    return merged
+
+
+def _check_graph_args(opset: int, static_batch: int | None) -> None:
+    check_opset(opset)
+    if static_batch is not None and static_batch < 1:
+        raise VrError(f"--static-batch must be >= 1 (got {static_batch})")
 
 
 def build_onnx(ckpt, tta: str = "none", opset: int = 18, static_batch: int | None = None,
@@ -429,47 +508,76 @@ def build_onnx(ckpt, tta: str = "none", opset: int = 18, static_batch: int | Non
 
     ``model`` (optional) is the torch model to export; by default ``ckpt.create_model()``.
     """
-    import onnx
-    from onnx import compose, helper
+    from vr.models.factory import count_params
 
-    check_opset(opset)
-    if static_batch is not None and static_batch < 1:
-        raise VrError(f"--static-batch must be >= 1 (got {static_batch})")
+    _check_graph_args(opset, static_batch)
     if model is None:
         model = ckpt.create_model()
-    pre = ckpt.preprocess
     rule = pil_height_first()
-    front = preprocess_model(pre, tta, opset=opset, static_batch=static_batch, resize_impl=resize_impl,
-                             height_first_rule=rule)
-    back = backbone_model(model, pre, tta, opset=opset, static_batch=static_batch)
-    back = compose.add_prefix(back, "net/", rename_outputs=False)
-    front.ir_version = back.ir_version
-    merged = compose.merge_models(front, back, io_map=[("views", "net/x")], prefix1="", prefix2="",
-                                  producer_name="vr", producer_version=_vr_version(), doc_string=(
-                                      f"vr classifier: {INPUT_NAME} {INPUT_CONTRACT} -> {OUTPUT_NAME} [N, C]"))
+    merged = _classifier_graph(ckpt, model, tta, opset, static_batch, resize_impl, rule)
     merged.graph.name = "vr_classifier"
-    # One opset import per domain, and a readable output shape: [batch, C].
-    seen: dict[str, int] = {}
-    for imp in merged.opset_import:
-        seen[imp.domain] = max(seen.get(imp.domain, 0), imp.version)
-    del merged.opset_import[:]
-    merged.opset_import.extend(helper.make_opsetid(d, v) for d, v in seen.items())
-    dims = merged.graph.output[0].type.tensor_type.shape.dim
-    del dims[:]
-    for value in (static_batch or "batch", ckpt.num_classes):
-        d = dims.add()
-        if isinstance(value, int):
-            d.dim_value = value
-        else:
-            d.dim_param = value
-    # merge_models keeps only the opset imports; state the graph's contract explicitly.
-    del merged.metadata_props[:]
-    helper.set_model_props(merged, build_metadata(ckpt, tta, opset, resize_impl, rule))
-    try:
-        onnx.checker.check_model(merged)
-    except onnx.checker.ValidationError as e:
-        raise VrError(f"the exported graph is invalid: {str(e).splitlines()[0]}") from None
-    return merged
+    return _finish(merged, ckpt.num_classes, static_batch,
+                   build_metadata(ckpt, tta, opset, resize_impl, rule, param_count=count_params(model)))
+
+
+def ensemble_class_order(ckpts) -> list:
+    """Per member, the output indices in the first member's class order (None: same order); one
+    line naming the first difference when the class names differ."""
+    from vr.models.ensemble import class_order
+
+    labels = [str(c.path) if c.path is not None else f"member {i + 1}" for i, c in enumerate(ckpts)]
+    return class_order([(lab, c.classes.names) for lab, c in zip(labels, ckpts)])
+
+
+def build_ensemble_onnx(ckpts, weights=None, tta: str = "none", opset: int = 18, static_batch: int | None = None,
+                        resize_impl: str = "resize", models=None):
+    """One graph for a soft-voting ensemble: the shared ``images`` input feeds every member's own
+    preprocessing (its size, resize, crop, mean/std) and TTA views, backbone and softmax; ``probs``
+    is ``sum_i w_i * probs_i`` (weights normalised to sum 1; equal by default), in the first
+    member's class order. Members whose class order differs are mapped by name (a Gather)."""
+    from onnx import TensorProto, helper
+
+    from vr.models.factory import count_params
+
+    _check_graph_args(opset, static_batch)
+    ckpts = list(ckpts)
+    if len(ckpts) < 2:
+        raise VrError("an ensemble needs two or more checkpoints")
+    orders = ensemble_class_order(ckpts)
+    raw = [1.0] * len(ckpts) if weights is None else [float(w) for w in weights]
+    if len(raw) != len(ckpts) or min(raw) <= 0:
+        raise VrError(f"an ensemble of {len(ckpts)} needs {len(ckpts)} positive weights (got {raw})")
+    weights = [w / sum(raw) for w in raw]
+    models = list(models) if models is not None else [c.create_model() for c in ckpts]
+    rule = pil_height_first()
+    g = _Builder("ens/")
+    nodes, inits, value_info, functions, opsets = [], [], [], [], []
+    ir_version, terms, graph_input = 0, [], None
+    for i, (ckpt, model, order, w) in enumerate(zip(ckpts, models, orders, weights)):
+        m = _classifier_graph(ckpt, model, tta, opset, static_batch, resize_impl, rule, tag=f"m{i}/")
+        graph_input = graph_input or m.graph.input[0]
+        nodes += m.graph.node
+        inits += m.graph.initializer
+        value_info += m.graph.value_info
+        functions += m.functions
+        opsets += m.opset_import
+        ir_version = max(ir_version, m.ir_version)
+        probs = m.graph.output[0].name
+        if order is not None:
+            probs = g.op("Gather", probs, g.const(order, np.int64, "class_order"), axis=1)
+        terms.append(g.op("Mul", probs, g.f32(np.float32(w), "weight")))
+    g.nodes.append(helper.make_node("Sum", terms, [OUTPUT_NAME], name="ens/sum"))
+    graph = helper.make_graph(
+        nodes + g.nodes, "vr_ensemble", [graph_input],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", ckpts[0].num_classes])],
+        initializer=inits + g.initializers, value_info=value_info)
+    merged = helper.make_model(graph, opset_imports=opsets, functions=functions, producer_name="vr",
+                               producer_version=_vr_version(), doc_string=(
+                                   f"vr ensemble of {len(ckpts)}: {INPUT_NAME} {INPUT_CONTRACT} -> {OUTPUT_NAME} [N, C]"))
+    merged.ir_version = ir_version
+    counts = [count_params(m) for m in models]
+    return _finish(merged, ckpts[0].num_classes, static_batch,
+                   build_ensemble_metadata(ckpts, weights, counts, tta, opset, resize_impl, rule))
 
 
 def _vr_version() -> str:
@@ -504,9 +612,11 @@ def simplify_model(model):
 
 def export_onnx(ckpt, out: str | Path, tta: str = "none", opset: int = 18, static_batch: int | None = None, *,
                 simplify: bool = False, resize_impl: str = "resize", model=None,
-                before_commit: Callable[[Path], None] | None = None) -> Path:
+                before_commit: Callable[[Path], None] | None = None, weights=None) -> Path:
     """Write the classifier to ``out`` atomically and return ``out``.
 
+    ``ckpt`` may be a list of checkpoints (``model`` then a list of their models, ``weights`` theirs):
+    one ensemble graph (:func:`build_ensemble_onnx`).
     ``before_commit(tmp_path)`` runs on the finished temporary file before it is moved into place;
     if it raises (the parity gate), nothing is written and a previous ``out`` stays as it was.
     """
@@ -514,7 +624,10 @@ def export_onnx(ckpt, out: str | Path, tta: str = "none", opset: int = 18, stati
 
     from vr.util.io import atomic_path
 
-    proto = build_onnx(ckpt, tta, opset, static_batch, resize_impl, model=model)
+    if isinstance(ckpt, (list, tuple)):
+        proto = build_ensemble_onnx(ckpt, weights, tta, opset, static_batch, resize_impl, models=model)
+    else:
+        proto = build_onnx(ckpt, tta, opset, static_batch, resize_impl, model=model)
     if simplify:
         proto = simplify_model(proto)
     out = Path(out)
@@ -531,7 +644,8 @@ def export_onnx(ckpt, out: str | Path, tta: str = "none", opset: int = 18, stati
 
 def read_onnx_metadata(path: str | Path) -> dict:
     """The vr metadata of an exported model, JSON fields decoded: class_names (list), preprocess
-    (dict, Preprocess.from_dict reads it), tta, checkpoint_sha256, vr_version, opset (int), ..."""
+    (dict, Preprocess.from_dict reads it), tta, checkpoint_sha256, vr_version, opset (int),
+    param_count (int), members (list, ensembles only), ..."""
     import onnx
 
     path = Path(path)
@@ -555,6 +669,10 @@ def decode_metadata(props: dict[str, str], path: str | Path = "model") -> dict:
         meta["preprocess"] = json.loads(props["preprocess"])
         if "opset" in props:
             meta["opset"] = int(props["opset"])
+        if "param_count" in props:
+            meta["param_count"] = int(props["param_count"])
+        if "members" in props:
+            meta["members"] = json.loads(props["members"])
     except (ValueError, TypeError) as e:
         raise VrError(f"{path} has damaged vr metadata ({e})") from None
     return meta

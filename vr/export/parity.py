@@ -168,6 +168,19 @@ def torch_probs(model, pre, images: Sequence, tta: str, batch_size: int = 8) -> 
     return np.concatenate(out).astype(np.float32)
 
 
+def ensemble_torch_probs(models: Sequence, pres: Sequence, weights: Sequence[float], orders: Sequence,
+                         images: Sequence, tta: str) -> np.ndarray:
+    """PyTorch reference of an ensemble (or of one model): sum_i w_i * torch_probs of member i with
+    its own preprocessing, each member's columns put in the first member's class order."""
+    total = None
+    for model, pre, w, order in zip(models, pres, weights, orders):
+        p = torch_probs(model, pre, images, tta).astype(np.float64)
+        if order is not None:
+            p = p[:, order]
+        total = w * p if total is None else total + w * p
+    return total.astype(np.float32)
+
+
 def onnx_session(path: str | Path, threads: int | None = None):
     """An ONNX Runtime CPU session (the gate's runtime: the same graph as any other provider)."""
     import onnxruntime as ort

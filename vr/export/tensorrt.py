@@ -20,6 +20,7 @@ from vr.errors import VrError
 
 INSTALL_HINT = "pip install 'vr[gpu]' (or: pip install tensorrt)"
 PRE_PREFIX = "pre/"
+FP32_PREFIXES = (PRE_PREFIX, "ens/")  # preprocessing, and an ensemble's weighted sum of the members
 
 
 def require_tensorrt():
@@ -46,7 +47,7 @@ def _pin_preprocessing_fp32(trt, network) -> int:
     pinned = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if not layer.name.startswith(PRE_PREFIX):
+        if not layer.name.startswith(FP32_PREFIXES):
             continue
         outs = [layer.get_output(j) for j in range(layer.num_outputs)]
         if not outs or any(o.dtype not in floats for o in outs):

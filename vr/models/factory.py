@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 from pathlib import Path
@@ -46,14 +47,16 @@ def create_model(name: str, num_classes: int, drop_rate: float = 0.0, pretrained
 
     check_model_name(name)
     if pretrained == "timm":
-        os.environ["HF_HUB_OFFLINE"] = "1"
+        no_cache = (f"no cached timm weights for {name} (vr never downloads; pass --pretrained PATH to a "
+                    f"local weights file)")
+        url = _uncached_weights_url(name)
+        if url:  # timm would fetch it with torch.hub
+            raise VrError(f"{no_cache}: {url} is not in {Path(torch.hub.get_dir()) / 'checkpoints'}")
         try:
-            return timm.create_model(name, pretrained=True, num_classes=num_classes, drop_rate=drop_rate)
+            with _hub_offline():
+                return timm.create_model(name, pretrained=True, num_classes=num_classes, drop_rate=drop_rate)
         except Exception as e:
-            raise VrError(
-                f"no cached timm weights for {name} (vr never downloads; pass --pretrained PATH to a "
-                f"local weights file): {type(e).__name__}"
-            ) from None
+            raise VrError(f"{no_cache}: {type(e).__name__}") from None
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
     except Exception as e:
@@ -61,6 +64,38 @@ def create_model(name: str, num_classes: int, drop_rate: float = 0.0, pretrained
     if pretrained:
         load_pretrained(model, pretrained)
     return model
+
+
+@contextlib.contextmanager
+def _hub_offline():
+    """Make huggingface_hub read only its local cache. It reads HF_HUB_OFFLINE once, when it is
+    imported (timm imports it), so setting the variable later changes nothing: a missing cache
+    then meant ~45 s of network retries before the error."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hf_constants
+    except ImportError:
+        yield
+        return
+    old = hf_constants.HF_HUB_OFFLINE
+    hf_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = old
+
+
+def _uncached_weights_url(name: str) -> str | None:
+    """The URL of ``name``'s timm weights when timm would download them with torch.hub (no
+    Hugging Face id, no local file) and torch.hub's cache lacks them; else None."""
+    import timm
+    from urllib.parse import urlparse
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or cfg.hf_hub_id or cfg.file or cfg.state_dict or not cfg.url:
+        return None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
+    return None if cached.is_file() else cfg.url
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -91,6 +126,20 @@ def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     names = getattr(model, "pretrained_cfg", {}).get("classifier", "fc")
     names = (names,) if isinstance(names, str) else tuple(names)
     return tuple(n + "." for n in names)
+
+
+def head_param_names(model: nn.Module) -> set[str]:
+    """Names of the classifier head's parameters: timm's pretrained_cfg['classifier'] prefixes,
+    else the parameters of ``model.get_classifier()``."""
+    head = classifier_prefixes(model)
+    names = {n for n, _ in model.named_parameters() if n.startswith(head)}
+    if not names and hasattr(model, "get_classifier"):
+        ids = {id(p) for p in model.get_classifier().parameters()}
+        names = {n for n, p in model.named_parameters() if id(p) in ids}
+    if not names:
+        raise VrError(f"cannot tell the classifier head of {type(model).__name__} from the rest "
+                      "(needed by --backbone-lr-mult and --freeze-epochs)")
+    return names
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> None:

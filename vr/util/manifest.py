@@ -101,6 +101,15 @@ def _plain(v: Any) -> Any:
     return str(v)
 
 
+_command: list[str] | None = None
+
+
+def set_command(argv: list[str] | None) -> None:
+    """Record the command line as the user typed it (the CLI calls this; sys.argv is the fallback)."""
+    global _command
+    _command = None if argv is None else [str(a) for a in argv]
+
+
 def collect_manifest(config: dict | None = None, providers: Any = None, argv: list[str] | None = None) -> dict:
     versions = library_versions()
     return {
@@ -110,7 +119,7 @@ def collect_manifest(config: dict | None = None, providers: Any = None, argv: li
         "platform": platform.platform(),
         "device": device_info(),
         "providers": _plain(providers),
-        "command": list(sys.argv if argv is None else argv),
+        "command": list(argv if argv is not None else (_command or sys.argv)),
         "cwd": os.getcwd(),
         "config": _plain(config or {}),
     }
