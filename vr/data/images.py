@@ -17,6 +17,22 @@ class UnreadableImage(Exception):
     """An image file that cannot be decoded; the message names the file and the reason."""
 
 
+# PIL warns (DecompressionBombWarning) above Image.MAX_IMAGE_PIXELS and raises above twice that.
+# The warning is not relied on: warnings.catch_warnings() is process-wide and not thread-safe, and
+# images are checked in threads, where turning it into an error per call let bombs through now
+# and then. The limit is checked explicitly (_refuse_bomb) and the warning silenced.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _refuse_bomb(path: Path, img: Image.Image) -> None:
+    """Refuse, before decoding, an image with more pixels than PIL.Image.MAX_IMAGE_PIXELS."""
+    limit = Image.MAX_IMAGE_PIXELS
+    n = img.width * img.height
+    if limit and n > limit:
+        raise UnreadableImage(f"{path}: refused, too many pixels ({img.width}x{img.height} = {n} pixels, over "
+                              f"PIL.Image.MAX_IMAGE_PIXELS = {limit}: a possible decompression bomb)")
+
+
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
@@ -49,12 +65,11 @@ def load_rgb(path: str | Path) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise UnreadableImage(f"{path}: empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
+        with Image.open(path) as img:
+            _refuse_bomb(path, img)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -69,14 +84,15 @@ def check_image(path: str | Path) -> str | None:
     try:
         if path.stat().st_size == 0:
             return f"{path}: empty file (0 bytes)"
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                # draft() makes JPEG decode at 1/8 scale; the whole stream is still read, so
-                # truncation is still caught.
-                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
-                img.load()
+        with Image.open(path) as img:
+            _refuse_bomb(path, img)
+            # draft() makes JPEG decode at 1/8 scale; the whole stream is still read, so
+            # truncation is still caught.
+            img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+            img.load()
         return None
+    except UnreadableImage as e:
+        return str(e)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         return f"{path}: refused, too many pixels ({e})"
     except Exception as e:

@@ -86,9 +86,21 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
-    """Write atomically: a crash mid-write leaves the previous file intact."""
+    """Write atomically: a crash mid-write, or a full disk, leaves the previous file intact."""
     with atomic_path(path) as tmp:
-        torch.save(ckpt.to_dict(), tmp)
+        # Through a Python file, so that a failed write (a full disk) is an OSError, which
+        # atomic_path reports in one line; torch's C++ writer turns it into an opaque
+        # "[enforce fail at inline_container.cc]" RuntimeError, raised while handling the OSError.
+        with open(tmp, "wb") as f:
+            try:
+                torch.save(ckpt.to_dict(), f)
+            except RuntimeError as e:
+                cause = e.__context__
+                while cause is not None and not isinstance(cause, OSError):
+                    cause = cause.__context__
+                if cause is None:
+                    raise
+                raise cause from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:

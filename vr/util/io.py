@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -17,7 +18,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
 
     On any failure (including KeyboardInterrupt) the temporary file is removed and the previous
-    file, if any, is left untouched.
+    file, if any, is left untouched. An OSError (a full disk, a read-only folder) becomes a
+    one-line VrError naming ``path``.
     """
     path = Path(path)
     parent = path.parent
@@ -25,7 +27,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     except OSError as e:
-        raise VrError(f"cannot write {path}: {e.strerror or e}") from None
+        raise VrError(write_error(path, e)) from None
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600 files; give the result the permissions a plain open() would.
@@ -33,10 +35,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as e:  # disk full, permissions, ...: one line, the old file untouched
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise VrError(write_error(path, e)) from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
+
+
+def write_error(path: Path, e: OSError) -> str:
+    """The one-line message for a failed write of ``path``."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"cannot write {path}: the disk is full (no space left on device); free some space and rerun "
+                f"(the previous {Path(path).name}, if any, is intact)")
+    return f"cannot write {path}: {e.strerror or e}"
 
 
 def _umask() -> int:
