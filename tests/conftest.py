@@ -66,3 +66,16 @@ def run_vr(*args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProces
 
 TINY_TRAIN = ["--model", "test_resnet", "--img-size", "32", "--device", "cpu", "--workers", "0",
               "--batch-size", "8", "--lr", "1e-2", "--warmup-epochs", "0"]
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: the same thread count as subprocesses started with
+    OMP_NUM_THREADS=1 (so results compare bit for bit), and no spin-waiting between two threads
+    on a busy 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

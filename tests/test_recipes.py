@@ -4,8 +4,6 @@ backbone lr multiplier, head-only warm-up (--freeze-epochs), --init-from, --max-
 from __future__ import annotations
 
 import csv
-import os
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -22,13 +20,7 @@ from vr.models.checkpoint import load_checkpoint
 FAST = [*TINY_TRAIN, "--no-tensorboard"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two threads on a busy 2-core machine spin-wait for each other: one is several times faster.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

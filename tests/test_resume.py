@@ -24,13 +24,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 FAST = [*TINY_TRAIN, "--no-tensorboard"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Same thread count in-process as in the subprocesses, so their results can be compared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rows(run: Path) -> list[dict]:

@@ -183,7 +183,7 @@ def _figure(k: int, images: Sequence[str], thumbs: dict[int, str], true: str, pr
             extra: str = "") -> str:
     ok = true == pred
     pic = (f'<img data-t="{k}" alt="{e(images[k])}">' if k in thumbs else
-           f'<div class="noimg">no preview</div>')
+           '<div class="noimg">no preview</div>')
     return (f'<figure class="th {"ok" if ok else "bad"}" title="{e(images[k])}">{pic}<figcaption>'
             f'<span class="tl">{e(true)}</span><span class="arrow">→</span><span class="pl">{e(pred)}</span>'
             f'<span class="cf">{conf:.2f}</span>{extra}</figcaption></figure>')

@@ -50,7 +50,7 @@ def list_test_images(test_dir: str | Path, verify: bool = True) -> list[Path]:
         by_stem.setdefault(p.stem, []).append(p.name)
     clashes = [files for files in by_stem.values() if len(files) > 1]
     if clashes:
-        raise VrError(f"test files share a name without extension, so image_name would be ambiguous: "
+        raise VrError("test files share a name without extension, so image_name would be ambiguous: "
                       + "; ".join(" and ".join(f) for f in clashes[:5])
                       + (f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""))
     if verify:

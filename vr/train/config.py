@@ -38,7 +38,7 @@ class TrainConfig(ConfigBase):
     epochs: int = option(10, "Number of epochs.", group=O)
     batch_size: int = option(32, "Batch size per process.", group=O)
     opt: str = option("adamw", "Optimizer.", choices=OPTIMIZERS, group=O)
-    lr: float = option(1e-3, "Peak learning rate.", group=O)
+    lr: float = option(3e-4, "Peak learning rate (the head's, with --backbone-lr-mult). 3e-4 suits fine-tuning with AdamW; SGD wants about 0.01.", group=O)
     weight_decay: float = option(0.05, "Weight decay (not applied to biases and norm layers).", group=O)
     momentum: float = option(0.9, "SGD momentum.", group=O)
     sched: str = option("cosine", "Learning-rate schedule.", choices=SCHEDULERS, group=O)
