@@ -478,9 +478,13 @@ def test_interrupted_submit_leaves_the_previous_csv_byte_identical(kit, tmp_path
         assert not temp_files(tmp_path)  # the half-written temporary file is removed
     else:
         assert p.returncode == -signal.SIGKILL
-        # nothing can clean up after kill -9: the half-written CSV stays, beside the intact one
+        # nothing can clean up at kill -9: the half-written CSV stays, beside the intact one ...
         half = temp_files(out.parent)
         assert len(half) == 1 and half[0].read_bytes() != before and half[0].name.startswith(".prediction.csv.")
+        # ... until the next successful write of that file removes it (its writer's PID is gone)
+        code, _, err = run_cli(*args)
+        assert code == 0, err
+        assert len(out.read_text().splitlines()) == 7 and not temp_files(out.parent)
 
 
 # =============================================================================================
@@ -833,3 +837,22 @@ def test_pretrained_timm_never_downloads(monkeypatch, tmp_path):
             create_model(name, 3, pretrained="timm")
         assert "\n" not in str(e.value)
     assert time.monotonic() - t < 10  # no network retries
+
+
+def test_a_write_removes_only_orphaned_temp_files_of_its_target(tmp_path):
+    """Temp files of dead writers go; a live writer's, unparsable names and other targets stay."""
+    import subprocess
+
+    from vr.util.io import atomic_write_text
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        keep = [tmp_path / f".x.csv.{live.pid}.a1.tmp", tmp_path / ".x.csv.junk.tmp", tmp_path / ".y.csv.999999999.a.tmp"]
+        dead = tmp_path / ".x.csv.999999999.b2.tmp"
+        for f in (*keep, dead):
+            f.write_text("half")
+        atomic_write_text(tmp_path / "x.csv", "done\n")
+        assert (tmp_path / "x.csv").read_text() == "done\n"
+        assert not dead.exists() and all(f.exists() for f in keep)
+    finally:
+        live.kill()

@@ -425,3 +425,19 @@ def test_ddp_balanced_sampler_freeze_mix_and_per_class_counts(tiny_data, tmp_pat
         assert sum(int(r["val_support"]) for r in rows) == 12
     last = load_checkpoint(run / "last.pt")
     assert last.epoch == 2 and last.train_state["world_size"] == 2
+
+
+def test_ema_warmup_lets_a_short_run_average_recent_weights(tiny_data, tmp_path, cli):
+    """With a long-run decay (0.99999) and ~10 steps, a plain EMA stays near the first step's
+    weights; the warm-up ramp makes it follow the training weights."""
+    dist = {}
+    for flag in ("--ema-warmup", "--no-ema-warmup"):
+        run = tmp_path / flag
+        code, _, err = cli("train", tiny_data, "--out", run, "--epochs", "2", "--ema", "--ema-decay", "0.99999",
+                           flag, *FAST)
+        assert code == 0, err
+        last = load_checkpoint(run / "last.pt")
+        ema, raw = last.train_state["ema"], last.state_dict
+        dist[flag] = sum(float((ema[k].float() - raw[k].float()).norm()) for k in raw if raw[k].is_floating_point())
+        assert yaml.safe_load((run / "config.yaml").read_text())["ema_warmup"] is (flag == "--ema-warmup")
+    assert dist["--ema-warmup"] < 0.5 * dist["--no-ema-warmup"], dist

@@ -56,7 +56,8 @@ class TrainConfig(ConfigBase):
     drop_rate: float = option(0.0, "Dropout before the classifier (the seed reports used 0.5).", group=R)
     label_smoothing: float = option(0.1, "Label smoothing for the cross-entropy loss.", group=R)
     ema: bool = option(False, "Keep an exponential moving average (EMA) of the weights. When on, validation, metrics.csv's val columns, best.pt and the --save-top-k files use the EMA weights; last.pt holds the training weights plus the EMA for --resume.", group=R)
-    ema_decay: float = option(0.9998, "EMA decay per optimizer step (lower it, e.g. 0.99, for short runs).", group=R)
+    ema_decay: float = option(0.9998, "EMA decay per optimizer step: the ceiling when --ema-warmup is on.", group=R)
+    ema_warmup: bool = option(True, "Ramp the EMA decay up as 1 - (1 + step)^(-2/3), capped at --ema-decay, so the average follows the weights early on and short fine-tunes (a few hundred steps) still get a useful EMA.", group=R)
     # --- loss & class balance
     loss: str = option("ce", "Training loss: ce (cross-entropy) or focal (cross-entropy scaled by (1 - p)^gamma per class, which down-weights easy examples). Both take --label-smoothing, class weights and mixed targets; at --focal-gamma 0 focal equals ce. Val loss is always plain cross-entropy with --label-smoothing, so runs compare.", choices=LOSSES, group=L)
     focal_gamma: float = option(2.0, "focal: the focusing exponent gamma (0 = cross-entropy).", group=L)

@@ -602,7 +602,7 @@ def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
     if cfg.ema:
         from timm.utils import ModelEmaV3
 
-        ema = ModelEmaV3(raw, decay=cfg.ema_decay)
+        ema = ModelEmaV3(raw, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
     optimizer = create_optimizer(raw, cfg)  # all parameters, frozen or not (see param_groups)
     n_batches = len(train_loader)
     accum = cfg.accum_steps
