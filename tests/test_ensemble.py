@@ -320,6 +320,9 @@ def test_eval_scores_an_ensemble_and_reports_member_agreement(kit, tmp_path, cli
     assert "### Ensemble members (2, soft vote)" in md and "top-1 agreement" in md
     assert "members" in stdout and "top-1 agreement" in stdout
     assert (out / "report.html").is_file() and not leftovers(out)
+    html = (out / "report.html").read_text()
+    assert html.count("Ensemble members (2, soft vote)") == 1 and str(kit["b"]) in html
+    assert f"{100 * pair['top1_agreement']:.1f}%" in html
 
 
 def test_submit_soft_votes_two_checkpoints(kit, tmp_path, cli):

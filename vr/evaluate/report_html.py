@@ -332,6 +332,27 @@ def _flips(report: dict, plan: dict, images: Sequence[str], thumbs: dict[int, st
     return "\n".join(out)
 
 
+def _members(m: dict) -> str:
+    """An ensemble's members and how much they agree: when they always agree, voting cannot help."""
+    if not m.get("members"):
+        return ""
+    rows = "".join(
+        f'<tr><td class="path">{e(d["path"])}</td><td>{d["weight"]:.3g}</td><td>{e(d.get("runtime", ""))}</td>'
+        f'<td>{_num(d["param_count"] / 1e6, "{:.2f}M") if d.get("param_count") else "–"}</td>'
+        f'<td>{_pct(d.get("accuracy"))}</td><td>{_pct(d.get("macro_f1"))}</td>'
+        f'<td>{e(d.get("differs_from_vote", "–"))}</td></tr>' for d in m["members"])
+    pairs = "".join(f'<tr><td class="path">{e(a["a"])}</td><td class="path">{e(a["b"])}</td>'
+                    f'<td>{_pct(a["top1_agreement"])}</td><td>{a["n_disagree"]}</td></tr>'
+                    for a in m.get("member_agreement", []))
+    return (f'<h3>Ensemble members ({len(m["members"])}, soft vote)</h3>'
+            '<table class="summary"><thead><tr><th>member</th><th>weight</th><th>runtime</th><th>params</th><th>top-1</th>'
+            f'<th>macro F1</th><th>differs from the vote</th></tr></thead><tbody>{rows}</tbody></table>'
+            f'<p>Ensemble top-1 {_pct(m.get("accuracy"))}; at least one member right on '
+            f'{_pct(m.get("any_member_correct"))} of the images.</p>'
+            + ('<table class="summary"><thead><tr><th>member a</th><th>member b</th><th>top-1 agreement</th>'
+               f'<th>images that differ</th></tr></thead><tbody>{pairs}</tbody></table>' if pairs else ""))
+
+
 def _manifest(man: dict | None) -> str:
     if not man:
         return ""
@@ -389,7 +410,7 @@ def render_html(report: dict, views: Sequence[ModelView], images: Sequence[str],
         sections.append(
             f'<section class="model" data-m="{i}"{" hidden" if i else ""}>'
             f'<h2>{e(m["name"])} <span class="sub">{e(m["runtime"])} on {e(m["provider"])} · TTA {e(m["tta"])} · '
-            f'{len(v.labels)} classes</span></h2><p class="path">{e(m["path"])}</p>{notes}'
+            f'{len(v.labels)} classes</span></h2><p class="path">{e(m["path"])}</p>{notes}{_members(m)}'
             f'<h3>Confusion matrix</h3>{_heatmap(i, m, pm["cells"])}'
             f'{_worst(m, pm, v, images, thumbs)}{_per_class(i, m)}</section>')
     skipped = report.get("skipped") or []
