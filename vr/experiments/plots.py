@@ -116,6 +116,10 @@ def _draw_lr(ax, runs, colours) -> None:
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
 
 
+def _side_legend(ax, handles) -> None:
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", frameon=False)
+
+
 def plot_pair(runs: Sequence, colours, train_key: str, val_key: str, title: str, ylabel: str, path: Path,
               mark_best: bool = False) -> None:
     plt = _plt()
@@ -123,8 +127,7 @@ def plot_pair(runs: Sequence, colours, train_key: str, val_key: str, title: str,
     _draw_pair(ax, runs, colours, train_key, val_key, mark_best)
     sub = "train dashed, val solid" + ("; ★ best val epoch" if mark_best else "")
     _style_axes(ax, f"{title} ({sub})", ylabel)
-    ax.legend(handles=_legend_handles(runs, colours, True), loc="upper left", bbox_to_anchor=(1.01, 1),
-              fontsize="small", frameon=False)
+    _side_legend(ax, _legend_handles(runs, colours, True))
     _save(fig, path)
 
 
@@ -135,8 +138,7 @@ def plot_gap(runs: Sequence, colours, path: Path) -> None:
     _style_axes(axes[0], "Accuracy gap: train − val (above 0: overfitting)", "train acc − val acc")
     _draw_gap(axes[1], runs, colours, "loss")
     _style_axes(axes[1], "Loss gap: val − train (above 0: overfitting)", "val loss − train loss")
-    axes[1].legend(handles=_legend_handles(runs, colours, False), loc="upper left", bbox_to_anchor=(1.01, 1),
-                   fontsize="small", frameon=False)
+    _side_legend(axes[1], _legend_handles(runs, colours, False))
     fig.suptitle("Train–val gap per epoch")
     fig.tight_layout()
     _save(fig, path)
@@ -147,8 +149,7 @@ def plot_lr(runs: Sequence, colours, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.4))
     _draw_lr(ax, runs, colours)
     _style_axes(ax, "Learning rate (end of each epoch)", "learning rate")
-    ax.legend(handles=_legend_handles(runs, colours, False), loc="upper left", bbox_to_anchor=(1.01, 1),
-              fontsize="small", frameon=False)
+    _side_legend(ax, _legend_handles(runs, colours, False))
     _save(fig, path)
 
 
