@@ -79,3 +79,39 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def signal_after_first_epoch(args, run: Path, sig: int, timeout: float = 180) -> tuple[int, str, str]:
+    """Start `python -m vr.cli ARGS...` (one torch thread), wait until RUN/metrics.csv shows a
+    finished epoch, send ``sig`` to that process alone (as a terminal's Ctrl-C or a kill -9 would
+    reach it) and return (exit status, stdout, stderr). Its whole process group goes with a
+    SIGKILL, and with any failure of the test, so no worker outlives it."""
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "vr.cli", *map(str, args)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                         start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (Path(run) / "metrics.csv").exists():
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(0.02)
+        p.send_signal(sig)
+        if sig == signal.SIGKILL:  # DataLoader workers hold the pipes open until they notice
+            _kill_group(p.pid)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            _kill_group(p.pid)
+    return p.returncode, out, err
+
+
+def _kill_group(pid: int) -> None:
+    import signal
+
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:  # every process of the group has already gone
+        pass

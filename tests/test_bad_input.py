@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 import eval_helpers as H
-from conftest import CLASS_COLOURS, TINY_TRAIN, colour_image, write_image_folder
+from conftest import CLASS_COLOURS, TINY_TRAIN, colour_image, signal_after_first_epoch, write_image_folder
 from vr.cli import main
 from vr.data.images import check_image, load_rgb
 from vr.models.checkpoint import load_checkpoint
@@ -634,20 +634,9 @@ def test_ctrl_c_during_training_saves_last_pt_and_the_printed_resume_works(data,
 
     run = tmp_path / "run"
     # 1000 epochs: the run is certainly still going when SIGINT comes; resumed below to epoch done+1
-    p = subprocess.Popen([sys.executable, "-m", "vr.cli", "train", str(data), "--out", str(run), "--epochs", "1000",
-                          *FAST], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    try:
-        deadline = time.monotonic() + 180
-        while not (run / "metrics.csv").exists():
-            assert p.poll() is None, p.communicate()
-            assert time.monotonic() < deadline, "no epoch finished in time"
-            time.sleep(0.02)
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 130, out[-2000:] + err[-2000:]
+    code, out, err = signal_after_first_epoch(["train", data, "--out", run, "--epochs", "1000", *FAST], run,
+                                              signal.SIGINT)
+    assert code == 130, out[-2000:] + err[-2000:]
     assert "Traceback" not in out + err and err.strip() == "", err
     last_line = out.rstrip().splitlines()[-1]
     assert last_line.startswith("interrupted") and "Resume with: vr train" in last_line

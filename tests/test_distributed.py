@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, colour_image, run_vr
+from conftest import TINY_TRAIN, colour_image, run_vr, signal_after_first_epoch
 from vr.data.dataset import ImageDataset
 from vr.data.folders import scan_image_folder
 from vr.models.checkpoint import load_checkpoint
@@ -58,22 +54,10 @@ def test_ddp_ctrl_c_resume_reduced_metrics_and_rank0_writes(odd_val_data, tmp_pa
     data, run = odd_val_data, tmp_path / "run"
     args = [a for a in TINY_TRAIN]
     args[args.index("--batch-size") + 1] = "4"  # per process: global batch 8
-    cmd = [sys.executable, "-m", "vr.cli", "train", str(data), "--out", str(run), "--epochs", "30",
-           "--nproc-per-node", "2", *args]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=dict(os.environ, **ENV), start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not (run / "metrics.csv").exists():
-            assert p.poll() is None, p.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        p.send_signal(signal.SIGINT)  # to the launcher only, as a terminal's Ctrl-C would reach it
-        out, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-    assert p.returncode == 130, out[-2000:] + err[-2000:]
+    # SIGINT to the launcher only, as a terminal's Ctrl-C would reach it
+    code, out, err = signal_after_first_epoch(["train", data, "--out", run, "--epochs", "30", "--nproc-per-node", "2",
+                                               *args], run, signal.SIGINT, timeout=300)
+    assert code == 130, out[-2000:] + err[-2000:]
     assert "DDP: 2 processes (gloo)" in out
     lines = [ln for ln in out.splitlines() if ln.startswith("interrupted")]
     assert len(lines) == 1 and out.rstrip().splitlines()[-1] == lines[0]  # once (rank 0), and last

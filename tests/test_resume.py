@@ -4,23 +4,18 @@ EMA, gradient accumulation and clipping, early stopping, top-k checkpoints, torc
 from __future__ import annotations
 
 import csv
-import os
 import shlex
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, signal_after_first_epoch
 from vr.data.dataset import ImageDataset
 from vr.data.folders import scan_image_folder
 from vr.models.checkpoint import load_checkpoint
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
 FAST = [*TINY_TRAIN, "--no-tensorboard"]
 
 
@@ -34,19 +29,6 @@ def _rows(run: Path) -> list[dict]:
 
 def _epochs(run: Path) -> list[int]:
     return [int(r["epoch"]) for r in _rows(run)]
-
-
-def _start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vr.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
-
-
-def _wait_for_first_epoch(p: subprocess.Popen, run: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not (run / "metrics.csv").exists():
-        assert p.poll() is None, p.communicate()
-        assert time.monotonic() < deadline, "no epoch finished in time"
-        time.sleep(0.02)
 
 
 def _eval_loss(ck, data: Path) -> float:
@@ -65,15 +47,10 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tiny_data, tmp_path, cl
     assert cli("train", tiny_data, "--out", ref, *opts)[0] == 0
 
     run = tmp_path / "run"
-    p = _start("train", tiny_data, "--out", run, *opts, "--workers", "1")  # the result must not depend on it
-    try:
-        _wait_for_first_epoch(p, run)
-        p.send_signal(signal.SIGKILL)
-        p.wait(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == -signal.SIGKILL
+    # --workers 1: the result must not depend on it
+    code, _, _ = signal_after_first_epoch(["train", tiny_data, "--out", run, *opts, "--workers", "1"], run,
+                                          signal.SIGKILL)
+    assert code == -signal.SIGKILL
     killed_at = load_checkpoint(run / "last.pt").epoch
     assert 1 <= killed_at < epochs, "the kill came too late to test anything"
     assert _epochs(run) in (list(range(1, killed_at + 1)), list(range(1, killed_at)))  # csv may lag last.pt
@@ -126,15 +103,9 @@ def test_crash_between_last_pt_and_metrics_csv_neither_repeats_nor_skips(tiny_da
 
 def test_ctrl_c_keeps_last_pt_prints_one_resume_line_that_works(tiny_data, tmp_path, cli):
     run = tmp_path / "run"
-    p = _start("train", tiny_data, "--out", run, "--epochs", "5", "--workers", "1", *FAST)
-    try:
-        _wait_for_first_epoch(p, run)
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 130, out[-2000:] + err[-2000:]
+    code, out, err = signal_after_first_epoch(["train", tiny_data, "--out", run, "--epochs", "5", "--workers", "1",
+                                               *FAST], run, signal.SIGINT)
+    assert code == 130, out[-2000:] + err[-2000:]
     assert err.strip() == "", err  # no traceback, no second message
     last_line = out.rstrip().splitlines()[-1]
     assert last_line.startswith("interrupted") and "Resume with: vr train" in last_line
