@@ -16,7 +16,7 @@ DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
 _TTA_HELP = ("Test-time augmentation of a .pt checkpoint: class probabilities averaged over the views "
              "(default: none). An .onnx/.engine has its TTA built in at export: leave this out, or give the "
              "same mode (another mode is an error).")
-_DEVICE_HELP = ("auto, cpu, cuda, cuda:N or mps. auto: .pt on CUDA, else MPS, else CPU; .onnx tries the TensorRT, "
+DEVICE_HELP = ("auto, cpu, cuda, cuda:N or mps. auto: .pt on CUDA, else MPS, else CPU; .onnx tries the TensorRT, "
                 "CUDA and CPU execution providers in that order. Asking for cuda and getting CPU is an error.")
 _WORKERS_HELP = "DataLoader worker processes that decode and preprocess images (0: in the main process)."
 _BUDGET_HELP = ("Parameter budget, e.g. 100M, 25.5M or 500K: refuse, before reading any image, a model (an ensemble: "
@@ -54,7 +54,7 @@ class EvalConfig(ConfigBase):
                                           "predictions_<model>.csv, confusion_<model>.png/.csv.")
     tta: Optional[str] = option(None, _TTA_HELP, choices=TTA_CHOICES)
     batch_size: int = option(32, "Images per batch.")
-    device: str = option("auto", _DEVICE_HELP)
+    device: str = option("auto", DEVICE_HELP)
     worst_k: int = option(5, "How many of the lowest-F1 classes to list per model.")
     workers: int = option(2, _WORKERS_HELP)
     html: bool = option(True, "Also write report.html: one self-contained page (offline, thumbnails embedded) "
@@ -94,7 +94,7 @@ class SubmitConfig(ConfigBase):
                                        flag="--check")
     tta: Optional[str] = option(None, _TTA_HELP, choices=TTA_CHOICES)
     batch_size: int = option(32, "Images per batch.")
-    device: str = option("auto", _DEVICE_HELP)
+    device: str = option("auto", DEVICE_HELP)
     workers: int = option(2, _WORKERS_HELP)
     weights: Optional[str] = option(None, "Ensemble member weights, comma-separated in the order of the models, "
                                           "e.g. 0.6,0.4: positive, normalised to sum 1 (default: equal).")

@@ -20,12 +20,17 @@ from vr.data.folders import ClassMap, natural_key
 SUMMARY_KEYS = ("accuracy", "top5", "macro_f1", "macro_precision", "macro_recall", "weighted_f1")
 
 
+def top_k_indices(probs: np.ndarray, k: int) -> np.ndarray:
+    """[N, k] class indices per row, most probable first; ties keep the lower index first."""
+    return np.argsort(-probs, axis=1, kind="stable")[:, :k]
+
+
 def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int = 5) -> float:
     y_true = np.asarray(y_true)
     if len(y_true) == 0:
         return 0.0
     k = max(1, min(k, probs.shape[1]))
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    top = top_k_indices(probs, k)
     return float((top == y_true[:, None]).any(axis=1).mean())
 
 

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from vr.config import ConfigBase, check, check_choice, option
-
-_TTA_CHOICES = ("none", "flip", "five-crop", "ten-crop")
+from vr.evaluate.config import DEVICE_HELP, DEVICE_KINDS, TTA_CHOICES
 
 
 @dataclass
@@ -22,8 +21,8 @@ class PredictConfig(ConfigBase):
                                 argument=True)
     top_k: int = option(5, "How many classes to print per image (capped at the class count).")
     tta: Optional[str] = option(None, "Test-time augmentation for a .pt checkpoint (an export has its own built in).",
-                                choices=_TTA_CHOICES)
-    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps; asking for cuda and getting CPU is an error.")
+                                choices=TTA_CHOICES)
+    device: str = option("auto", DEVICE_HELP)
     batch_size: int = option(16, "Images per batch.")
     json: bool = option(False, "Print one JSON object per image instead of a table.")
 
@@ -31,7 +30,7 @@ class PredictConfig(ConfigBase):
         check(self.top_k > 0, f"--top-k must be positive (got {self.top_k})")
         check(self.batch_size > 0, f"--batch-size must be positive (got {self.batch_size})")
         check(len(self.images) > 0, "give at least one image file or folder")
-        check_choice("device", str(self.device).split(":")[0].lower(), ("auto", "cpu", "cuda", "mps"))
+        check_choice("device", str(self.device).split(":")[0].lower(), DEVICE_KINDS)
 
 
 def expand_images(items: list[Path]) -> list[Path]:
@@ -56,9 +55,9 @@ def expand_images(items: list[Path]) -> list[Path]:
 
 def top_k(probs, k: int) -> list[list[tuple[int, float]]]:
     """Per row, the k (index, probability) pairs in decreasing probability; ties keep index order."""
-    import numpy as np
+    from vr.evaluate.metrics import top_k_indices
 
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    order = top_k_indices(probs, k)
     return [[(int(j), float(row[j])) for j in idx] for row, idx in zip(probs, order)]
 
 

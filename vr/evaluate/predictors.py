@@ -199,6 +199,7 @@ class TorchPredictor(Predictor):
         import torch
 
         from vr.models.checkpoint import load_checkpoint
+        from vr.models.factory import count_params
         from vr.util.device import resolve_device
 
         ckpt = load_checkpoint(path)
@@ -209,7 +210,7 @@ class TorchPredictor(Predictor):
             raise VrError(f"{path}: the model has {ckpt.num_classes} outputs but {len(ckpt.classes)} class names")
         self.device = dev
         self.model = ckpt.create_model().to(dev)
-        self.param_count = sum(p.numel() for p in self.model.parameters())
+        self.param_count = count_params(self.model)
         self.preparer = TorchViews(ckpt.preprocess, self.tta)
         self.host_preprocess = "full (torch)"
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
