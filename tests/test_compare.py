@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shlex
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ from PIL import Image
 
 from conftest import TINY_TRAIN, write_image_folder
 from vr.train.logging import read_metrics
+from vr.models.factory import model_from_checkpoint
 
 PICTURES = ("overview.png", "loss.png", "accuracy.png", "gap.png", "lr.png")
 # matplotlib's tab10: the colours of runs 0, 1, 2 in every picture
@@ -81,7 +83,7 @@ def test_compare_pictures_and_tables(runs, tmp_path, cli):
     labels = ["lr=0.01,sched=cosine", "lr=0.005,sched=step"]
     rows = _csv(out / "compare.csv")
     assert [r["label"] for r in rows] == labels
-    n_params = count_params(load_checkpoint(a / "best.pt").create_model())
+    n_params = count_params(model_from_checkpoint(load_checkpoint(a / "best.pt")))
     for row, run in zip(rows, (a, b)):
         metrics = read_metrics(run / "metrics.csv")
         best, last = _best(metrics), metrics[-1]
@@ -199,9 +201,32 @@ def _sweep_yaml(path: Path, data: Path, epochs: int = 1) -> Path:
     return path
 
 
-def test_sweep_dry_run_interrupt_resume_and_compare(tiny_data, tmp_path, cli, monkeypatch):
-    from vr.train import loop
+def _sweep_interrupted_after_first_run(cfg: Path, out: Path) -> tuple[int, str, str]:
+    """`vr sweep` in its own process group, SIGINT to the whole group (a terminal's Ctrl-C) as soon
+    as the first run's done.json exists."""
+    import signal
+    import subprocess
+    import sys
+    import time
 
+    p = subprocess.Popen([sys.executable, "-m", "vr.cli", "sweep", str(cfg), "--set", "sched=cosine,step",
+                          "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "sched=cosine" / "done.json").exists():
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline, "the first sweep run did not finish in time"
+            time.sleep(0.05)
+        os.killpg(p.pid, signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    return p.returncode, stdout, stderr
+
+
+def test_sweep_dry_run_interrupt_resume_and_compare(tiny_data, tmp_path, cli):
     cfg = _sweep_yaml(tmp_path / "sweep.yaml", tiny_data)
     out = tmp_path / "sw"
 
@@ -216,20 +241,12 @@ def test_sweep_dry_run_interrupt_resume_and_compare(tiny_data, tmp_path, cli, mo
     assert lines[4].startswith("vr compare ")
     assert not out.exists()
 
-    # the sweep is interrupted (Ctrl-C) while its second run starts
-    real_run, calls = loop.run, []
-
-    def interrupted(cfg):
-        calls.append(Path(cfg.out).name)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_run(cfg)
-
-    monkeypatch.setattr(loop, "run", interrupted)
-    code, _, err = cli("sweep", cfg, "--set", "sched=cosine,step", "--out", out)
-    assert code == 130 and "run the same command again" in err
-    assert calls == ["sched=cosine", "sched=step"]
-    assert (out / "sched=cosine" / "done.json").is_file() and not (out / "sched=step" / "last.pt").exists()
+    # Ctrl-C (to the whole terminal group) once the first run is done: the sweep stops with a hint
+    code, _, err = _sweep_interrupted_after_first_run(cfg, out)
+    assert code == 130 and "run the same command again" in err, err
+    assert (out / "sched=cosine" / "done.json").is_file()
+    assert not (out / "sched=step" / "done.json").exists()
+    (out / "sched=step" / "last.pt").unlink(missing_ok=True)  # Ctrl-C may land after its first epoch
     first = out / "sched=cosine" / "last.pt"
     mtime = first.stat().st_mtime_ns
 
@@ -242,7 +259,6 @@ def test_sweep_dry_run_interrupt_resume_and_compare(tiny_data, tmp_path, cli, mo
     # resumed: the finished run is skipped, the other trained, both compared. Without its done.json
     # (a run trained by a printed command) the finished run is recognised by its last.pt epoch.
     (out / "sched=cosine" / "done.json").unlink()
-    monkeypatch.setattr(loop, "run", real_run)
     code, stdout, err = cli("sweep", cfg, "--set", "sched=cosine,step", "--out", out)
     assert code == 0, err
     assert "sched=cosine: skipped" in stdout and "1 trained, 1 skipped" in stdout
@@ -256,12 +272,12 @@ def test_sweep_dry_run_interrupt_resume_and_compare(tiny_data, tmp_path, cli, mo
     assert [r["label"] for r in runs] == ["sched=cosine", "sched=step"]
 
     # everything finished: nothing trains
-    monkeypatch.setattr(loop, "run", lambda cfg: pytest.fail("a finished run was trained again"))
+    step_mtime = (out / "sched=step" / "last.pt").stat().st_mtime_ns
     code, stdout, err = cli("sweep", cfg, "--set", "sched=cosine,step", "--out", out)
     assert code == 0 and "0 trained, 2 skipped" in stdout, err
+    assert (out / "sched=step" / "last.pt").stat().st_mtime_ns == step_mtime
 
     # more epochs in the config: an unfinished run (last.pt short of them) is resumed with --resume
-    monkeypatch.setattr(loop, "run", real_run)
     cfg2 = _sweep_yaml(tmp_path / "sweep2.yaml", tiny_data, epochs=2)
     code, stdout, _ = cli("sweep", cfg2, "--set", "sched=step", "--out", out, "--dry-run")
     assert stdout.splitlines()[0].endswith(f"--out {out}/sched=step --resume")
@@ -316,3 +332,16 @@ def test_sweep_errors_are_one_line(tiny_data, tmp_path, cli):
         assert code == 2, (args, err)
         assert msg in err and err.strip().count("\n") == 0, err
     assert not (tmp_path / "sw").exists()
+
+
+def test_a_failed_sweep_run_does_not_stop_the_sweep(tiny_data, tmp_path, cli):
+    """Each grid point is its own `vr train` process: one that fails is reported and the next runs."""
+    cfg = _sweep_yaml(tmp_path / "sweep.yaml", tiny_data)
+    out = tmp_path / "sw"
+    code, stdout, err = cli("sweep", cfg, "--set", "model=no_such_model,test_resnet", "--out", out, "--no-compare")
+    assert code == 2
+    assert "sweep run model=no_such_model failed" in err and "1 of 2 sweep runs failed" in err
+    assert "1 trained" in stdout
+    done = json.loads((out / "model=test_resnet" / "done.json").read_text())
+    assert done["epochs"] == 1 and 0.0 <= done["best_acc"] <= 1.0 and done["best_epoch"] == 1
+    assert not (out / "model=no_such_model" / "done.json").exists()

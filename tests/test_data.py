@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vr.data.folders import ClassMap, natural_key, scan_flat_folder, scan_image_folder
+from vr.data.folders import scan_flat_folder, scan_image_folder
+
+from vr.data.classes import ClassMap, natural_key
 from vr.data.images import UnreadableImage, load_rgb
 from vr.errors import VrError
 

@@ -13,8 +13,10 @@ from conftest import TINY_TRAIN, colour_image, run_vr, signal_after_first_epoch
 from vr.data.dataset import ImageDataset
 from vr.data.folders import scan_image_folder
 from vr.models.checkpoint import load_checkpoint
+from vr.config import config_argv
 from vr.train import distributed as D
 from vr.train.config import TrainConfig
+from vr.models.factory import model_from_checkpoint
 
 # One thread per process: two ranks share two cores (and tiny tensors gain nothing from more).
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -29,7 +31,7 @@ def _rows(run: Path) -> list[dict]:
 
 def _eval(ck, samples) -> tuple[float, float]:
     """Single-process loss and accuracy of a checkpoint on the given (path, label) samples."""
-    model = ck.create_model()
+    model = model_from_checkpoint(ck)
     ds = ImageDataset(samples, ck.preprocess)
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.tensor([ds[i][1] for i in range(len(ds))])
@@ -107,7 +109,7 @@ def test_launcher_argv_rebuilds_the_config(tmp_path, cli, monkeypatch):
     cfg = TrainConfig(data=tmp_path / "d", model="test_resnet", lr=3e-4, mean=(0.5, 0.25, 0.125), amp=False,
                       clip_grad=1.5, sched="step", out=tmp_path / "my run", nproc_per_node=2, ema=True,
                       ema_decay=0.99, hflip=0.5)
-    argv, yaml_only = D.config_argv(cfg)
+    argv, yaml_only = config_argv(cfg)
     assert yaml_only == {}
     assert "--no-amp" in argv and "--nproc-per-node" in argv and "--workers" not in argv  # defaults omitted
     seen = []

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from vr.errors import VrError
+from vr.models.factory import model_from_checkpoint
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -29,7 +30,7 @@ def make_checkpoint(path: Path, size: int, seed: int, interpolation: str = "bicu
     head's rows together: the same model with another class order."""
     import torch
 
-    from vr.data.folders import ClassMap
+    from vr.data.classes import ClassMap
     from vr.models.checkpoint import Checkpoint, save_checkpoint
     from vr.models.factory import create_model
     from vr.models.preprocess import Preprocess
@@ -83,7 +84,7 @@ def member_probs(kit):
     out = {}
     for k in ("a", "b"):
         ck = load_checkpoint(kit[k])
-        out[k] = torch_probs(ck.create_model(), ck.preprocess, kit["images"], "flip")
+        out[k] = torch_probs(model_from_checkpoint(ck), ck.preprocess, kit["images"], "flip")
     return out
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 import eval_helpers as H
 from vr.cli import main
 from vr.errors import VrError
+from vr.models.factory import model_from_checkpoint
 
 RGB = {k: H.COLOURS[k] for k in ("red", "green", "blue")}  # model order; folder (natural) order differs
 
@@ -82,7 +83,7 @@ def test_metrics_agree_with_sklearn_and_top_k_by_hand():
 
 
 def test_agreement_matches_classes_by_name():
-    from vr.data.folders import ClassMap
+    from vr.data.classes import ClassMap
     from vr.evaluate.metrics import agreement
 
     a = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
@@ -126,7 +127,7 @@ def test_torch_predictor_is_the_checkpoint_preprocessing(kit):
         p = load_predictor(kit["ckpt"], device="cpu", tta=tta, batch_size=2)
         assert isinstance(p, TorchPredictor) and p.runtime == "torch" and p.provider == "cpu"
         ck = load_checkpoint(kit["ckpt"])
-        want = predict_views(ck.create_model(), batch_views(imgs, ck.preprocess, tta)).numpy()
+        want = predict_views(model_from_checkpoint(ck), batch_views(imgs, ck.preprocess, tta)).numpy()
         np.testing.assert_allclose(p.predict(imgs), want, rtol=0, atol=1e-6)
     assert p.classes.names == ("red", "green", "blue")
     assert np.array_equal(p.predict(imgs).argmax(1), [0, 1, 2])
@@ -167,7 +168,7 @@ class _FakeGraph:
 
 @pytest.mark.parametrize("whole_image", [False, True])
 def test_host_resize_is_used_only_when_the_graph_agrees(whole_image):
-    from vr.data.folders import ClassMap
+    from vr.data.classes import ClassMap
     from vr.evaluate.predictors import HostResize, RawRGB, _GraphPredictor
     from vr.models.preprocess import Preprocess
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from vr.errors import VrError
+from vr.models.factory import model_from_checkpoint
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -46,7 +47,7 @@ def run1(sess, img: Image.Image) -> np.ndarray:
 def make_checkpoint(path: Path, model_name="test_resnet", size=40, interpolation="bicubic", config=None, **pre):
     import torch
 
-    from vr.data.folders import ClassMap
+    from vr.data.classes import ClassMap
     from vr.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from vr.models.factory import create_model
     from vr.models.preprocess import Preprocess
@@ -72,7 +73,7 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(ckpt):
-    return ckpt.create_model()
+    return model_from_checkpoint(ckpt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +239,7 @@ def test_export_leaves_the_torch_model_unchanged(ckpt):
 
     from vr.export.onnx import build_onnx
 
-    model = ckpt.create_model()
+    model = model_from_checkpoint(ckpt)
     x = torch.randn(4, 3, 40, 40, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = model(x).clone()

@@ -13,9 +13,8 @@ from vr.errors import VrError
 from vr.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vr.models.factory import create_model, load_pretrained
 from vr.models.preprocess import Preprocess, resolve_preprocess
-from vr.data.folders import ClassMap
-
-
+from vr.data.classes import ClassMap
+from vr.models.factory import model_from_checkpoint
 def test_preprocess_geometry_orientation_and_border():
     pre = Preprocess(input_size=32, resize_size=36, interpolation="bilinear")
     assert pre.resized_hw(100, 50) == (72, 36)  # portrait: width is the shorter side
@@ -90,7 +89,7 @@ def test_checkpoint_roundtrip_and_pickle_refused(tmp_path):
     save_checkpoint(tmp_path / "m.pt", ck)
     back = load_checkpoint(tmp_path / "m.pt")
     x = torch.randn(2, 3, 32, 32)
-    assert torch.allclose(back.create_model()(x), model(x))
+    assert torch.allclose(model_from_checkpoint(back)(x), model(x))
     assert back.classes.names == ("a", "b", "c")
 
     class Payload:

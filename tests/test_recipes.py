@@ -186,7 +186,7 @@ def test_focal_down_weights_easy_examples():
 # --- MixUp / CutMix and augmentation presets ----------------------------------------------------
 
 def test_batch_mix_soft_targets_probability_and_determinism():
-    from vr.data.transforms import BatchMix
+    from vr.train.augment import BatchMix
 
     x = torch.randn(8, 3, 16, 16)
     y = torch.arange(8) % 4
@@ -209,7 +209,7 @@ def test_batch_mix_soft_targets_probability_and_determinism():
 @pytest.mark.parametrize("preset, op", [("randaugment", "RandAugment"), ("trivialaugment", "TrivialAugmentWide"),
                                         ("augmix", "AugMix")])
 def test_auto_augment_presets_build_and_run(preset, op):
-    from vr.data.transforms import build_train_transform
+    from vr.train.augment import build_train_transform
     from vr.models.preprocess import Preprocess
 
     pre = Preprocess(input_size=32, resize_size=36, interpolation="bilinear", mean=(0.5,) * 3, std=(0.25,) * 3)

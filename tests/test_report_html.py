@@ -196,7 +196,7 @@ def test_no_html_flag(e2e, tmp_path):
 def synthetic(tmp_path: Path, classes: list[str], per_class: int, seed: int = 0):
     """A report of two fake models (~70% right, the second flipping some answers) over real image
     files of 120x90 pixels (so thumbnails are shrunk), with file names that are markup."""
-    from vr.data.folders import ClassMap
+    from vr.data.classes import ClassMap
     from vr.evaluate.metrics import agreement, classification_metrics
 
     rng = np.random.default_rng(seed)

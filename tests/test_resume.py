@@ -15,6 +15,7 @@ from conftest import TINY_TRAIN, signal_after_first_epoch
 from vr.data.dataset import ImageDataset
 from vr.data.folders import scan_image_folder
 from vr.models.checkpoint import load_checkpoint
+from vr.models.factory import model_from_checkpoint
 
 FAST = [*TINY_TRAIN, "--no-tensorboard"]
 
@@ -32,7 +33,7 @@ def _epochs(run: Path) -> list[int]:
 
 
 def _eval_loss(ck, data: Path) -> float:
-    model = ck.create_model()
+    model = model_from_checkpoint(ck)
     ds = ImageDataset(scan_image_folder(data / "val", classes=ck.classes).samples, ck.preprocess)
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.tensor([ds[i][1] for i in range(len(ds))])

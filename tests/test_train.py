@@ -14,6 +14,7 @@ from vr.data.dataset import ImageDataset
 from vr.data.folders import scan_image_folder
 from vr.models.checkpoint import load_checkpoint
 from vr.train.logging import COLUMNS
+from vr.models.factory import model_from_checkpoint
 
 
 def _rows(run):
@@ -40,7 +41,7 @@ def test_train_writes_run_folder_and_best_reproduces(tiny_data, tmp_path, cli):
     ck = load_checkpoint(run / "best.pt")
     assert ck.classes.names == ("1", "2", "10") and ck.train_state is None
     assert ck.epoch == int(best["epoch"])
-    model = ck.create_model()
+    model = model_from_checkpoint(ck)
     ds = ImageDataset(scan_image_folder(tiny_data / "val", classes=ck.classes).samples, ck.preprocess)
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.tensor([ds[i][1] for i in range(len(ds))])

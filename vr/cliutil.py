@@ -11,6 +11,8 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from vr.config import flag_spellings
+
 _enum_cache: dict[tuple, type[Enum]] = {}
 
 
@@ -63,12 +65,11 @@ def config_parameters(cls) -> list[inspect.Parameter]:
             params.append(inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
                                             annotation=ann, default=inspect.Parameter.empty if required else None))
             continue
-        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        if tp is bool and "/" not in flag:
-            flag = f"{flag}/--no-{flag[2:]}"
+        on, off = flag_spellings(f)
+        flag = f"{on}/{off}" if tp is bool else on
         if default is not dataclasses.MISSING and default is not None and default != [] and default != ():
             helptext = f"{helptext} (default: {_fmt_default(default.value if isinstance(default, Enum) else default)})"
-        ann = Annotated[Optional[tp], typer.Option(*flag.split(" "), help=helptext, show_default=False,
+        ann = Annotated[Optional[tp], typer.Option(flag, help=helptext, show_default=False,
                                                    rich_help_panel=meta.get("group"))]
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=None))
     return params

@@ -28,17 +28,18 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple
     return field(default=default, metadata=meta)
 
 
-def _plain(v: Any) -> Any:
+def plain(v: Any) -> Any:
+    """YAML-safe copy: paths and enums become strings, tuples lists."""
     if isinstance(v, Path):
         return str(v)
     if isinstance(v, Enum):
         return v.value
     if isinstance(v, tuple):
-        return [_plain(x) for x in v]
+        return [plain(x) for x in v]
     if isinstance(v, list):
-        return [_plain(x) for x in v]
+        return [plain(x) for x in v]
     if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
+        return {k: plain(x) for k, x in v.items()}
     return v
 
 
@@ -73,8 +74,8 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
             item = args[0] if args else str
             out = [_coerce(item, v, name) for v in seq]
             return tuple(out) if origin is tuple else out
-    except (TypeError, ValueError):
-        raise VrError(f"{name}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from None
+    except (TypeError, ValueError) as e:
+        raise VrError(f"{name}: cannot read {value!r} as {getattr(tp, '__name__', tp)}") from e
     return value
 
 
@@ -100,7 +101,7 @@ class ConfigBase:
         return cls(**{k: _coerce(types[k], v, k) for k, v in values.items()})
 
     def to_dict(self) -> dict:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def save_yaml(self, path: str | Path) -> None:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -116,10 +117,66 @@ def load_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise VrError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+        raise VrError(f"cannot parse {path}: {str(e).splitlines()[0]}") from e
     if not isinstance(data, dict):
         raise VrError(f"{path} must hold a mapping of option: value")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def flag_spellings(f: dataclasses.Field) -> tuple[str, str | None]:
+    """(the flag, its negative spelling) of a config field: ``--name`` and, for a bool,
+    ``--no-name``, or what ``option(flag="--fp16/--fp32")`` declares."""
+    declared = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+    first = declared.split(" ")[0]
+    if "/" in first:
+        on, off = first.split("/", 1)
+        return on, off
+    return first, ("--no-" + first[2:] if f.type in (bool, "bool") else None)
+
+
+def config_argv(cfg, names: list[str] | None = None) -> tuple[list[str], dict]:
+    """Command-line arguments that rebuild ``cfg``: the positional arguments, then a flag per field
+    that differs from its default (with ``names``: exactly those fields, in that order, default or
+    not). Values no flag can spell (None, YAML-only fields) come back as a dict to pass with
+    ``--config``."""
+    positional: list[str] = []
+    flags: list[str] = []
+    yaml_only: dict = {}
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for f in (fields[n] for n in names) if names is not None else fields.values():
+        v = getattr(cfg, f.name)
+        if f.metadata.get("argument"):
+            positional += [str(x) for x in v] if isinstance(v, list) else [str(v)]
+            continue
+        if names is None and v == _default(f):
+            continue
+        if not f.metadata.get("cli", True) or v is None:
+            yaml_only[f.name] = plain(v)
+            continue
+        on, off = flag_spellings(f)
+        if isinstance(v, bool):
+            flags.append(on if v else off)
+        elif isinstance(v, tuple):
+            flags += [on, *(_arg(x) for x in v)]
+        elif isinstance(v, list):
+            for x in v:
+                flags += [on, _arg(x)]
+        else:
+            flags += [on, _arg(v)]
+    return positional + flags, yaml_only
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _arg(v: Any) -> str:
+    v = v.value if isinstance(v, Enum) else v
+    return repr(v) if isinstance(v, float) else str(v)
 
 
 def check(cond: bool, msg: str) -> None:

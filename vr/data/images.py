@@ -37,7 +37,7 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode == "RGB":
         return img
@@ -69,13 +69,13 @@ def load_rgb(path: str | Path) -> Image.Image:
             _refuse_bomb(path, img)
             img.load()
             img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return to_rgb(img)
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UnreadableImage(f"{path}: refused, too many pixels ({e})") from None
+        raise UnreadableImage(f"{path}: refused, too many pixels ({e})") from e
     except Exception as e:  # PIL raises many types for bad files
-        raise UnreadableImage(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+        raise UnreadableImage(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
 
 
 def check_image(path: str | Path) -> str | None:

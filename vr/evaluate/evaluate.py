@@ -7,7 +7,8 @@ import itertools
 from pathlib import Path
 
 import vr
-from vr.data.folders import ClassMap, natural_key, scan_image_folder
+from vr.data.folders import scan_image_folder
+from vr.data.classes import ClassMap, natural_key
 from vr.errors import VrError
 from vr.evaluate.config import EvalConfig
 from vr.evaluate.metrics import agreement, classification_metrics, ensemble_members, metric_deltas

@@ -15,8 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vr.data.folders import ClassMap, natural_key
-
+from vr.data.classes import ClassMap, natural_key
 SUMMARY_KEYS = ("accuracy", "top5", "macro_f1", "macro_precision", "macro_recall", "weighted_f1")
 
 

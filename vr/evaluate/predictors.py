@@ -37,10 +37,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from vr.data.folders import ClassMap
+from vr.data.classes import ClassMap
 from vr.errors import VrError
 from vr.models.preprocess import Preprocess
 from vr.models.tta import TTA_MODES
+from vr.models.factory import model_from_checkpoint
 
 ORT_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 ORT_CPU = "CPUExecutionProvider"
@@ -209,7 +210,7 @@ class TorchPredictor(Predictor):
         if ckpt.num_classes != len(ckpt.classes):
             raise VrError(f"{path}: the model has {ckpt.num_classes} outputs but {len(ckpt.classes)} class names")
         self.device = dev
-        self.model = ckpt.create_model().to(dev)
+        self.model = model_from_checkpoint(ckpt).to(dev)
         self.param_count = count_params(self.model)
         self.preparer = TorchViews(ckpt.preprocess, self.tta)
         self.host_preprocess = "full (torch)"
@@ -332,7 +333,7 @@ def normalise_metadata(raw: dict, source: Path) -> dict:
     try:
         meta["preprocess"] = Preprocess.from_dict(pre) if isinstance(pre, dict) else None
     except (TypeError, VrError) as e:
-        raise VrError(f"{source} has unreadable preprocess metadata: {_first_line(e)}") from None
+        raise VrError(f"{source} has unreadable preprocess metadata: {_first_line(e)}") from e
     tta = meta.get("tta") or "none"
     if tta not in TTA_MODES:
         raise VrError(f"{source} has unknown TTA metadata {tta!r}")
@@ -346,7 +347,7 @@ def check_onnx_file(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))
     except Exception as e:  # DecodeError, ValidationError, OSError ...
-        raise VrError(f"{path} is not a valid ONNX model ({_first_line(e)})") from None
+        raise VrError(f"{path} is not a valid ONNX model ({_first_line(e)})") from e
 
 
 def engine_sidecar(path: Path) -> Path:
@@ -366,7 +367,7 @@ def read_model_metadata(path: str | Path) -> dict:
         try:
             raw = json.loads(side.read_text())
         except (OSError, ValueError) as e:
-            raise VrError(f"cannot read {side}: {_first_line(e)}") from None
+            raise VrError(f"cannot read {side}: {_first_line(e)}") from e
         if not isinstance(raw, dict):
             raise VrError(f"{side} must hold a JSON object of metadata")
         return normalise_metadata(raw, side)
@@ -434,13 +435,13 @@ class OnnxPredictor(_GraphPredictor):
             sess = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:
             if _provider_name(providers[0]) != "TensorrtExecutionProvider" or len(providers) == 1:
-                raise VrError(f"ONNX Runtime cannot load {path}: {_first_line(e)}") from None
+                raise VrError(f"ONNX Runtime cannot load {path}: {_first_line(e)}") from e
             self.notes.append(f"TensorRT execution provider failed ({_first_line(e, 120)}); tried the next ones")
             providers = providers[1:]
             try:
                 sess = ort.InferenceSession(str(path), opts, providers=providers)
             except Exception as e2:
-                raise VrError(f"ONNX Runtime cannot load {path}: {_first_line(e2)}") from None
+                raise VrError(f"ONNX Runtime cannot load {path}: {_first_line(e2)}") from e
         ran = sess.get_providers()
         self.provider = ran[0]
         self.execution_providers = list(ran)

@@ -58,13 +58,13 @@ def thumbnail_data_uri(path: str | Path, size: int = 96, quality: int = 70) -> s
     """A JPEG data URI of the image shrunk to fit size x size, or None when it cannot be read."""
     from PIL import Image, ImageOps
 
-    from vr.data.images import _to_rgb
+    from vr.data.images import to_rgb
 
     try:
         with Image.open(path) as im:
             im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that still covers size
             im = ImageOps.exif_transpose(im)
-            im = _to_rgb(im)
+            im = to_rgb(im)
             im.thumbnail((size, size), Image.BICUBIC)
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=quality, optimize=True)

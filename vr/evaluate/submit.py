@@ -18,7 +18,9 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vr.data.folders import ClassMap, list_images, natural_key
+from vr.data.folders import list_images
+
+from vr.data.classes import ClassMap, natural_key
 from vr.data.images import check_image
 from vr.errors import VrError
 from vr.evaluate.config import SubmitConfig
@@ -71,7 +73,7 @@ def check_output_file(path: Path) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise VrError(f"cannot write {path}: cannot create folder {parent} ({e.strerror or e})") from None
+        raise VrError(f"cannot write {path}: cannot create folder {parent} ({e.strerror or e})") from e
     if not os.access(parent, os.W_OK):
         raise VrError(f"cannot write {path}: folder {parent} is not writable")
     return path
@@ -91,7 +93,7 @@ def _write(path: Path, data: bytes) -> None:
     try:
         atomic_write_bytes(path, data)
     except OSError as e:
-        raise VrError(f"cannot write {path}: {e.strerror or e}") from None
+        raise VrError(f"cannot write {path}: {e.strerror or e}") from e
 
 
 def write_submission(out: Path, stems: list[str], labels: list[str], zip_too: bool = False) -> Path | None:
@@ -116,7 +118,7 @@ def check_submission(csv_path: Path, test_dir: Path, classes: ClassMap) -> int:
     try:
         rows = list(csv.reader(io.StringIO(csv_path.read_text(encoding="utf-8-sig"))))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise VrError(f"cannot read {csv_path}: {e}") from None
+        raise VrError(f"cannot read {csv_path}: {e}") from e
     problems = []
     if not rows or tuple(c.strip() for c in rows[0]) != HEADER:
         found = ",".join(rows[0]) if rows else "(empty file)"

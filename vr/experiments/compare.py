@@ -67,7 +67,7 @@ def read_run_metrics(path: Path) -> list[dict]:
     try:
         rows = read_metrics(f)
     except (ValueError, TypeError, KeyError) as e:
-        raise VrError(f"cannot read {f}: {e}") from None
+        raise VrError(f"cannot read {f}: {e}") from e
     if not rows:
         raise VrError(f"{f} lists no epochs yet")
     missing = [c for c in COLUMNS if c not in rows[0]]
@@ -302,8 +302,7 @@ def _pct(x: float | None) -> str:
 def worst_class_table(runs: Sequence[RunInfo], k: int) -> list[dict]:
     """The k classes of lowest mean F1 over the runs with an eval report (classes with images only),
     each with every run's F1 (None where the run has no report or lacks the class)."""
-    from vr.data.folders import natural_key
-
+    from vr.data.classes import natural_key
     with_report = [r for r in runs if r.report is not None]
     if k <= 0 or not with_report:
         return []

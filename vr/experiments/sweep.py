@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from vr.config import load_yaml
+from vr.config import config_argv, load_yaml
 from vr.errors import VrError
 from vr.experiments.config import SweepConfig
 from vr.util.console import info, warn
@@ -126,7 +126,7 @@ def build_points(cfg: SweepConfig) -> tuple[dict, list[GridPoint]]:
         try:
             tcfg = TrainConfig.from_sources(None, **overrides)
         except VrError as e:
-            raise VrError(f"sweep run {label}: {e}") from None
+            raise VrError(f"sweep run {label}: {e}") from e
         points.append(GridPoint(label=label, values=values, cfg=tcfg, run_dir=out / label))
     return {"config": str(cfg.config), "grid": [{"key": k, "values": v} for k, v in grid]}, points
 
@@ -179,27 +179,43 @@ def write_done(p: GridPoint, result: dict) -> None:
     atomic_write_json(p.run_dir / DONE, {"label": p.label, "values": p.values, **result})
 
 
-def _flag(name: str) -> str:
-    meta = _train_fields()[name].metadata
-    return meta.get("flag") or "--" + name.replace("_", "-")
+def train_argv(p: GridPoint, config_path: Path) -> list[str]:
+    """The `vr train` arguments that train (or resume) this grid point, starting from CONFIG.yaml:
+    the swept settings as flags (vr.config.config_argv), then --out and --resume / --no-resume."""
+    swept, _ = config_argv(p.cfg, names=list(p.values))
+    resume = "--resume" if p.state == "resume" else "--no-resume"
+    return ["train", str(p.cfg.data), "--config", str(config_path), *swept, "--out", str(p.run_dir), resume]
 
 
 def train_command(p: GridPoint, config_path: Path) -> str:
-    """The `vr train` line that trains (or resumes) this grid point, starting from CONFIG.yaml."""
-    args = ["vr", "train", str(p.cfg.data), "--config", str(config_path)]
-    for key in p.values:
-        v = getattr(p.cfg, key)
-        flag = _flag(key)
-        if isinstance(v, bool):
-            args.append(flag if v else "--no-" + flag[2:])
-        elif isinstance(v, (list, tuple)):
-            args += [flag, *map(str, v)]
-        else:
-            args += [flag, str(v.value if hasattr(v, "value") else v)]
-    args += ["--out", str(p.run_dir)]
-    if p.state == "resume":
-        args.append("--resume")
+    """train_argv as the shell line --dry-run prints (a new run's --no-resume is implied)."""
+    args = ["vr", *train_argv(p, config_path)]
+    if args[-1] == "--no-resume":
+        args.pop()
     return " ".join(shlex.quote(a) for a in args)
+
+
+def run_point(p: GridPoint, config_path: Path) -> int:
+    """Train one grid point as its own `vr train` process (so a crash, an out-of-memory kill or a
+    CUDA error ends that run, not the sweep); its output goes to this terminal. Returns its exit
+    status (130: interrupted)."""
+    import subprocess
+    import sys
+
+    try:
+        return subprocess.run([sys.executable, "-m", "vr.cli", *train_argv(p, config_path)]).returncode
+    except KeyboardInterrupt:  # Ctrl-C reached the child too: it saves last.pt and prints the resume line
+        return 130
+
+
+def _result(p: GridPoint) -> dict:
+    """What done.json records of a finished run: best val acc, its epoch and the run's seconds."""
+    from vr.train.logging import read_metrics
+
+    rows = read_metrics(p.run_dir / "metrics.csv") if (p.run_dir / "metrics.csv").is_file() else []
+    best = max(rows, key=lambda r: (r["val_acc"], -r["epoch"])) if rows else {}
+    return {"epochs": p.cfg.epochs, "best_acc": best.get("val_acc"), "best_epoch": best.get("epoch"),
+            "seconds": round(sum(r.get("seconds", 0.0) for r in rows), 3)}
 
 
 def compare_command(points: list[GridPoint], out: Path, worst_k: int) -> str:
@@ -230,34 +246,30 @@ def run(cfg: SweepConfig) -> dict:
             print(compare_command(points, out, cfg.worst_k))
         return {"points": points, "trained": [], "failed": []}
 
-    from vr.train import loop
-
     check_writable_dir(out)
     atomic_write_json(out / "sweep.json", {**meta, "runs": [{"label": p.label, "values": p.values,
                                                              "dir": str(p.run_dir)} for p in points]})
     n = len(points)
     trained, failed = [], []
-    try:
-        for i, p in enumerate(points, 1):
-            head = f"[bold]sweep {i}/{n}[/bold] {_esc(p.label)}"
-            if p.state == "done":
-                info(f"{head}: skipped ({p.detail})")
-                continue
-            info(f"{head}: {'resuming' if p.state == 'resume' else 'training'} → {_esc(str(p.run_dir))}"
-                 + (f" ({p.detail})" if p.detail else ""))
-            try:
-                res = loop.run(p.cfg.replace(resume=p.state == "resume"))
-            except VrError as e:
-                warn(f"sweep run {_esc(p.label)} failed: {_esc(str(e))}")
-                failed.append((p, str(e)))
-                continue
-            write_done(p, {"epochs": p.cfg.epochs, "best_acc": res.best_acc, "best_epoch": res.best_epoch,
-                           "seconds": res.seconds})
-            p.state = "done"
-            trained.append(p)
-    except KeyboardInterrupt:
-        err_console.print("sweep interrupted: run the same command again to resume it (finished runs are skipped)")
-        raise
+    for i, p in enumerate(points, 1):
+        head = f"[bold]sweep {i}/{n}[/bold] {_esc(p.label)}"
+        if p.state == "done":
+            info(f"{head}: skipped ({p.detail})")
+            continue
+        info(f"{head}: {'resuming' if p.state == 'resume' else 'training'} → {_esc(str(p.run_dir))}"
+             + (f" ({p.detail})" if p.detail else ""))
+        code = run_point(p, cfg.config)
+        if code == 130:
+            err_console.print("sweep interrupted: run the same command again to resume it (finished runs are skipped)")
+            raise KeyboardInterrupt
+        if code != 0:
+            why = "its error is above" if code == 2 else f"exit status {code}"
+            warn(f"sweep run {_esc(p.label)} failed ({why}); going on with the next")
+            failed.append((p, why))
+            continue
+        write_done(p, _result(p))
+        p.state = "done"
+        trained.append(p)
 
     report = None
     if cfg.compare:

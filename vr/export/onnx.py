@@ -399,7 +399,7 @@ def backbone_model(model, pre: Preprocess, tta: str, *, opset: int = 18, static_
                               do_constant_folding=True)
     except Exception as e:
         raise VrError(f"cannot export {type(model).__name__} to ONNX opset {opset}: "
-                      f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+                      f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
     finally:
         model.train(was_training)
     return onnx.load_from_string(buf.getvalue())
@@ -492,7 +492,7 @@ def _finish(merged, num_classes: int, static_batch: int | None, metadata: dict[s
     try:
         onnx.checker.check_model(merged)
     except onnx.checker.ValidationError as e:
-        raise VrError(f"the exported graph is invalid: {str(e).splitlines()[0]}") from None
+        raise VrError(f"the exported graph is invalid: {str(e).splitlines()[0]}") from e
     return merged
 
 
@@ -506,13 +506,15 @@ def build_onnx(ckpt, tta: str = "none", opset: int = 18, static_batch: int | Non
                resize_impl: str = "resize", model=None):
     """The complete ModelProto: preprocessing + TTA + backbone + softmax + view mean, with metadata.
 
-    ``model`` (optional) is the torch model to export; by default ``ckpt.create_model()``.
+    ``model`` (optional) is the torch model to export; by default ``model_from_checkpoint(ckpt)``.
     """
     from vr.models.factory import count_params
 
     _check_graph_args(opset, static_batch)
     if model is None:
-        model = ckpt.create_model()
+        from vr.models.factory import model_from_checkpoint
+
+        model = model_from_checkpoint(ckpt)
     rule = pil_height_first()
     merged = _classifier_graph(ckpt, model, tta, opset, static_batch, resize_impl, rule)
     merged.graph.name = "vr_classifier"
@@ -548,7 +550,11 @@ def build_ensemble_onnx(ckpts, weights=None, tta: str = "none", opset: int = 18,
     if len(raw) != len(ckpts) or min(raw) <= 0:
         raise VrError(f"an ensemble of {len(ckpts)} needs {len(ckpts)} positive weights (got {raw})")
     weights = [w / sum(raw) for w in raw]
-    models = list(models) if models is not None else [c.create_model() for c in ckpts]
+    if models is None:
+        from vr.models.factory import model_from_checkpoint
+
+        models = [model_from_checkpoint(c) for c in ckpts]
+    models = list(models)
     rule = pil_height_first()
     g = _Builder("ens/")
     nodes, inits, value_info, functions, opsets = [], [], [], [], []
@@ -596,13 +602,13 @@ def simplify_model(model):
     """onnxslim, keeping the metadata; a clear error when it is not installed."""
     try:
         import onnxslim
-    except ImportError:
-        raise VrError("--simplify needs onnxslim: pip install onnxslim") from None
+    except ImportError as e:
+        raise VrError("--simplify needs onnxslim: pip install onnxslim") from e
     props = {p.key: p.value for p in model.metadata_props}
     try:
         slim = onnxslim.slim(model)
     except Exception as e:
-        raise VrError(f"onnxslim failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise VrError(f"onnxslim failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
     from onnx import helper
 
     del slim.metadata_props[:]
@@ -654,7 +660,7 @@ def read_onnx_metadata(path: str | Path) -> dict:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise VrError(f"cannot read ONNX model {path}: {type(e).__name__}") from None
+        raise VrError(f"cannot read ONNX model {path}: {type(e).__name__}") from e
     return decode_metadata({p.key: p.value for p in model.metadata_props}, path)
 
 
@@ -674,5 +680,5 @@ def decode_metadata(props: dict[str, str], path: str | Path = "model") -> dict:
         if "members" in props:
             meta["members"] = json.loads(props["members"])
     except (ValueError, TypeError) as e:
-        raise VrError(f"{path} has damaged vr metadata ({e})") from None
+        raise VrError(f"{path} has damaged vr metadata ({e})") from e
     return meta

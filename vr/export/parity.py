@@ -192,7 +192,7 @@ def onnx_session(path: str | Path, threads: int | None = None):
     try:
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise VrError(f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0]}") from None
+        raise VrError(f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0]}") from e
 
 
 def onnx_runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:

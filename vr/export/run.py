@@ -13,6 +13,7 @@ from typing import Any
 
 from vr.errors import VrError
 from vr.export.config import ExportConfig
+from vr.models.factory import model_from_checkpoint
 
 # name, --flag, file suffix, export function, what it needs (Ultralytics-style table)
 FORMATS: tuple[tuple[str, str, str, str, str], ...] = (
@@ -209,7 +210,7 @@ def run(cfg: ExportConfig) -> dict[str, Path]:
     out = default_out(cfg, ckpts[0], ensemble)
     if out.suffix.lower() != ".onnx":
         raise VrError(f"--out must end in .onnx (got {out})")
-    models = [c.create_model() for c in ckpts]
+    models = [model_from_checkpoint(c) for c in ckpts]
     counts = [count_params(m) for m in models]
     weights = normalised_weights(members)
     total = check_param_budget(counts, budget, what=f"the ensemble of {len(ckpts)} checkpoints" if ensemble

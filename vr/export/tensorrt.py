@@ -62,8 +62,8 @@ def _pin_preprocessing_fp32(trt, network) -> int:
 def calibration_sample(root: str | Path, count: int) -> list[Path]:
     """A class-balanced sample (round robin over the classes) of an ImageFolder, or the first
     ``count`` images spread over a flat folder."""
-    from vr.data.folders import list_images, natural_key, scan_flat_folder
-
+    from vr.data.folders import list_images, scan_flat_folder
+    from vr.data.classes import natural_key
     root = Path(root)
     if not root.is_dir():
         raise VrError(f"calibration folder not found: {root}")
@@ -216,7 +216,7 @@ def read_engine_metadata(engine_path: str | Path) -> dict:
     try:
         props = json.loads(side.read_text())
     except ValueError as e:
-        raise VrError(f"{side} is not valid JSON: {e}") from None
+        raise VrError(f"{side} is not valid JSON: {e}") from e
     meta = decode_metadata(props, side)
     if "tensorrt" in meta:
         meta["tensorrt"] = json.loads(meta["tensorrt"])

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 import vr
-from vr.data.folders import ClassMap
-from vr.errors import VrError
+from vr.data.classes import ClassMap
+from vr.errors import VrError, first_line
 from vr.models.preprocess import Preprocess
 from vr.util.io import atomic_path
 
@@ -33,13 +32,12 @@ def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise VrError(
             f"refusing to load {path}: it holds Python objects other than weights, which could run "
-            f"code (only weights_only checkpoints are loaded). {first}"
-        ) from None
+            f"code (only weights_only checkpoints are loaded). {first_line(e)}"
+        ) from e
     except Exception as e:
-        raise VrError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise VrError(f"cannot read checkpoint {path}: {type(e).__name__}: {first_line(e)}") from e
 
 
 @dataclass
@@ -55,17 +53,6 @@ class Checkpoint:
     metrics: dict = field(default_factory=dict)
     train_state: dict | None = None  # optimizer, scheduler, scaler, EMA, RNG: only in last.pt
     path: Path | None = None
-
-    def create_model(self) -> nn.Module:
-        """Build the architecture and load the weights; returned in eval mode."""
-        from vr.models.factory import create_model
-
-        model = create_model(self.model_name, self.num_classes, self.drop_rate)
-        try:
-            model.load_state_dict(self.state_dict)
-        except RuntimeError as e:
-            raise VrError(f"checkpoint {self.path} does not match model {self.model_name}: {str(e).splitlines()[0]}") from None
-        return model.eval()
 
     def to_dict(self) -> dict:
         d = {
@@ -123,7 +110,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             path=Path(path),
         )
     except (KeyError, TypeError) as e:
-        raise VrError(f"{path} is a damaged vr checkpoint (missing {e})") from None
+        raise VrError(f"{path} is a damaged vr checkpoint (missing {e})") from e
 
 
 def file_sha256(path: str | Path) -> str:

@@ -39,8 +39,8 @@ class MemberSpec:
 def _weight(text: str, what: str) -> float:
     try:
         w = float(text)
-    except ValueError:
-        raise VrError(f"cannot read the weight {text!r} in {what} (spell an ensemble {SPELLING})") from None
+    except ValueError as e:
+        raise VrError(f"cannot read the weight {text!r} in {what} (spell an ensemble {SPELLING})") from e
     if not math.isfinite(w) or w <= 0:
         raise VrError(f"ensemble weights must be positive numbers (got {text!r} in {what})")
     return w

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vr.errors import VrError
+from vr.errors import VrError, first_line
 from vr.util.console import info
 
 # Weight files whose expected normalisation differs from timm's default for the architecture.
@@ -37,6 +37,16 @@ def format_params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
 
+def model_from_checkpoint(ckpt) -> nn.Module:
+    """The checkpoint's architecture with its weights loaded, in eval mode."""
+    model = create_model(ckpt.model_name, ckpt.num_classes, ckpt.drop_rate)
+    try:
+        model.load_state_dict(ckpt.state_dict)
+    except RuntimeError as e:
+        raise VrError(f"checkpoint {ckpt.path} does not match model {ckpt.model_name}: {first_line(e)}") from e
+    return model.eval()
+
+
 def create_model(name: str, num_classes: int, drop_rate: float = 0.0, pretrained: str | None = None) -> nn.Module:
     """A timm model with ``num_classes`` outputs and dropout before the classifier.
 
@@ -56,11 +66,11 @@ def create_model(name: str, num_classes: int, drop_rate: float = 0.0, pretrained
             with _hub_offline():
                 return timm.create_model(name, pretrained=True, num_classes=num_classes, drop_rate=drop_rate)
         except Exception as e:
-            raise VrError(f"{no_cache}: {type(e).__name__}") from None
+            raise VrError(f"{no_cache}: {type(e).__name__}") from e
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
     except Exception as e:
-        raise VrError(f"cannot build model {name}: {e}") from None
+        raise VrError(f"cannot build model {name}: {e}") from e
     if pretrained:
         load_pretrained(model, pretrained)
     return model
@@ -109,7 +119,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as e:
-            raise VrError(f"cannot read {path}: {e}") from None
+            raise VrError(f"cannot read {path}: {e}") from e
     from vr.models.checkpoint import safe_torch_load
 
     obj = safe_torch_load(path)

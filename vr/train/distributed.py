@@ -9,7 +9,6 @@ training loop has one code path.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -249,50 +248,6 @@ def ignore_sigint_in_worker(_worker_id: int) -> None:
 
 # --- the `vr train --nproc-per-node N` launcher ----------------------------------------------
 
-def _flag_spelling(f: dataclasses.Field) -> str:
-    flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-    longs = [s for s in flag.replace("/", " ").split() if s.startswith("--") and not s.startswith("--no-")]
-    return longs[0] if longs else flag.split()[0]
-
-
-def config_argv(cfg) -> tuple[list[str], dict]:
-    """Command-line arguments that rebuild ``cfg`` (fields left at their default are omitted),
-    plus the YAML-only fields that differ from their default (to pass with --config)."""
-    positional: list[str] = []
-    flags: list[str] = []
-    yaml_only: dict = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        meta = f.metadata
-        if meta.get("argument"):
-            positional.append(str(v))
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-        if v == default:
-            continue
-        if not meta.get("cli", True) or v is None:  # no flag says "None": pass those through YAML
-            yaml_only[f.name] = v
-            continue
-        flag = _flag_spelling(f)
-        if isinstance(v, bool):
-            flags.append(flag if v else "--no-" + flag[2:])
-        elif isinstance(v, tuple):
-            flags += [flag, *(_fmt(x) for x in v)]
-        elif isinstance(v, list):
-            for x in v:
-                flags += [flag, _fmt(x)]
-        else:
-            flags += [flag, _fmt(v)]
-    return positional + flags, yaml_only
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return repr(v)
-    return str(v)
-
-
 def _child_setup() -> None:  # pragma: no cover - runs in the forked child before exec
     # torchrun ignores SIGINT (the launcher passes Ctrl-C to the workers itself) and gets SIGTERM
     # if the launcher dies, so a killed `vr train` leaves no orphaned workers behind.
@@ -307,6 +262,8 @@ def _child_setup() -> None:  # pragma: no cover - runs in the forked child befor
 
 
 def torchrun_command(cfg, nproc: int) -> tuple[list[str], dict]:
+    from vr.config import config_argv
+
     argv, yaml_only = config_argv(cfg)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "--signals-to-handle", "SIGTERM,SIGHUP,SIGQUIT", "-m", "vr.cli", "train", *argv]
@@ -341,10 +298,8 @@ def launch(cfg) -> int:
         if yaml_only:
             import yaml
 
-            from vr.config import _plain
-
             extra = d / "extra.yaml"
-            extra.write_text(yaml.safe_dump({k: _plain(v) for k, v in yaml_only.items()}))
+            extra.write_text(yaml.safe_dump(yaml_only))
             cmd += ["--config", str(extra)]
         from vr.util.console import info
 
@@ -353,7 +308,7 @@ def launch(cfg) -> int:
         try:
             proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_child_setup)
         except OSError as e:
-            raise VrError(f"cannot start torchrun: {e}") from None
+            raise VrError(f"cannot start torchrun: {e}") from e
 
         def _kill(pid: int, sig: int) -> None:
             try:

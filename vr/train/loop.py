@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from vr.data.balance import BalancedSampler, class_weights
 from vr.data.dataset import ImageDataset
 from vr.data.folders import scan_image_folder
-from vr.data.transforms import BatchMix, build_train_transform
+from vr.train.augment import BatchMix, build_train_transform
 from vr.errors import VrError
 from vr.models.budget import check_param_budget, model_param_count, parse_param_budget
 from vr.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -108,7 +108,7 @@ def check_input_size(model: nn.Module, size: int, name: str) -> None:
         with torch.no_grad():
             model(torch.zeros(1, 3, size, size))
     except Exception as e:
-        raise VrError(f"model {name} cannot take {size}x{size} images: {str(e).splitlines()[0]}") from None
+        raise VrError(f"model {name} cannot take {size}x{size} images: {str(e).splitlines()[0]}") from e
     finally:
         model.train(was_training)
 
@@ -473,7 +473,7 @@ def run(cfg: TrainConfig) -> TrainResult | None:
     except VrError as e:
         if ctx.enabled and not ctx.is_main:
             D.unquiet(ctx)
-            raise VrError(f"rank {ctx.rank}: {e}") from None
+            raise VrError(f"rank {ctx.rank}: {e}") from e
         raise
     except BaseException:
         D.unquiet(ctx)
@@ -548,7 +548,7 @@ def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
                 m.load_state_dict(init_ckpt.state_dict)
             except RuntimeError as e:
                 raise VrError(f"--init-from {cfg.init_from} does not fit {cfg.model}: "
-                              f"{str(e).splitlines()[-1].strip() or str(e).splitlines()[0]}") from None
+                              f"{str(e).splitlines()[-1].strip() or str(e).splitlines()[0]}") from e
         return m, p
 
     raw, pre = ctx.agree(build)
@@ -643,7 +643,7 @@ def _run(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainResult:
             optimizer.load_state_dict(ts["optimizer"])
         except (ValueError, KeyError) as e:
             raise VrError(f"{last_path}: the saved optimizer state does not fit ({str(e).splitlines()[0]}); "
-                          "was --backbone-lr-mult changed since the run started?") from None
+                          "was --backbone-lr-mult changed since the run started?") from e
         schedule.load_state_dict(ts["schedule"])
         scaler.load_state_dict(ts["scaler"])
         set_rng_state(ts["rng"])

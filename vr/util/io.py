@@ -27,7 +27,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=parent)
     except OSError as e:
-        raise VrError(write_error(path, e)) from None
+        raise VrError(write_error(path, e)) from e
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600 files; give the result the permissions a plain open() would.
@@ -39,7 +39,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as e:  # disk full, permissions, ...: one line, the old file untouched
         with contextlib.suppress(OSError):
             tmp_path.unlink()
-        raise VrError(write_error(path, e)) from None
+        raise VrError(write_error(path, e)) from e
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
@@ -114,7 +114,7 @@ def check_writable_dir(path: str | os.PathLike) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise VrError(f"cannot create output folder {path}: {e.strerror or e}") from None
+        raise VrError(f"cannot create output folder {path}: {e.strerror or e}") from e
     if not os.access(path, os.W_OK):
         raise VrError(f"output folder {path} is not writable")
     return path

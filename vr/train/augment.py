@@ -1,4 +1,4 @@
-"""Training augmentation presets (torchvision.transforms.v2); eval uses Preprocess unchanged."""
+"""Training augmentation presets (torchvision.transforms.v2) and BatchMix; eval uses Preprocess unchanged."""
 
 from __future__ import annotations
 
