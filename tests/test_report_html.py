@@ -247,6 +247,23 @@ def test_rendered_page_escapes_every_name(tmp_path):
     assert set(data["images"].values()) <= set(images)
 
 
+def test_page_inlines_the_packaged_css_and_js(tmp_path):
+    """The page is the package's template with its report.css and report.js inlined verbatim; no
+    template marks a value safe (only Python does, for those two files and the escaped JSON)."""
+    from importlib import resources
+
+    from vr.evaluate.report_html import write_html_report
+
+    report, paths, images, true, probs = synthetic(tmp_path, ["cat", "dog"], per_class=3)
+    write_html_report(tmp_path / "r.html", report, paths, images, true, probs)
+    page = (tmp_path / "r.html").read_text()
+    folder = resources.files("vr.evaluate") / "templates"
+    css, js = (folder / "report.css").read_text(), (folder / "report.js").read_text()
+    assert f"<style>{css}</style>" in page and f"<script>{js}</script>" in page
+    for name in ("report.html.j2", "report.md.j2"):
+        assert "|safe" not in (folder / name).read_text().replace(" ", "")
+
+
 def test_thumbnails_are_bounded(tmp_path):
     from vr.evaluate.report_html import HtmlLimits, write_html_report
 

@@ -1,15 +1,22 @@
-"""Report files (every one written atomically) and the terminal summary of `vr eval`."""
+"""Report files of `vr eval` (every one written atomically) and its terminal summary.
+
+Each format escapes untrusted names (class, file and model names, paths) its own way: report.md
+through the template's markdown escaping, the analysis CSVs by neutralising cells a spreadsheet
+would run as a formula, the terminal by escaping rich markup (report.html: report_html.py).
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from vr.util.fmt import number, params, percent, points
 from vr.util.io import atomic_path, atomic_write_text
 
 
@@ -19,6 +26,18 @@ def csv_text(rows: Sequence[Sequence], header: Sequence[str]) -> str:
     w.writerow(header)
     w.writerows(rows)
     return buf.getvalue()
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def sheet_text(v) -> str:
+    """A text cell of an analysis CSV that a spreadsheet shows as text: one starting like a
+    formula (``=``, ``+``, ``-``, ``@``, tab, CR) gets a leading ``'``. Only for names: the numbers
+    these files hold are formatted here and written as they are. Never for `vr submit`'s CSV, whose
+    labels must be the folder names exactly."""
+    s = str(v)
+    return "'" + s if s.startswith(FORMULA_START) else s
 
 
 def model_labels(paths: Sequence[Path]) -> list[str]:
@@ -47,13 +66,15 @@ def write_predictions_csv(path: Path, images: Sequence[str], true_labels: Sequen
                           class_names: Sequence[str]) -> None:
     pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)
-    rows = [(img, t, class_names[p], f"{c:.6f}") for img, t, p, c in zip(images, true_labels, pred, conf)]
+    rows = [(sheet_text(img), sheet_text(t), sheet_text(class_names[p]), f"{c:.6f}")
+            for img, t, p, c in zip(images, true_labels, pred, conf)]
     atomic_write_text(path, csv_text(rows, ("image", "true_label", "pred_label", "confidence")))
 
 
 def write_confusion_csv(path: Path, matrix, names: Sequence[str], fmt: str = "{}") -> None:
-    rows = [[names[i]] + [fmt.format(v) for v in row] for i, row in enumerate(matrix)]
-    atomic_write_text(path, csv_text(rows, ["true\\pred", *names]))
+    """The matrix with the class names as first column and header (names neutralised, numbers as is)."""
+    rows = [[sheet_text(names[i])] + [fmt.format(v) for v in row] for i, row in enumerate(matrix)]
+    atomic_write_text(path, csv_text(rows, ["true\\pred", *map(sheet_text, names)]))
 
 
 def write_confusion_png(path: Path, counts, normalized, names: Sequence[str], title: str) -> None:
@@ -100,128 +121,87 @@ def write_confusion_png(path: Path, counts, normalized, names: Sequence[str], ti
         fig.savefig(tmp, format="png")
 
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.2f}%"
+# --- report.md: templates/report.md.j2 ---------------------------------------------------------
+class Md(str):
+    """Text that is already markdown (escaped, or a code span): the template prints it as is."""
 
 
-def _num(v, fmt="{:.1f}") -> str:
-    return "-" if v is None else fmt.format(v)
+_MD_SPECIAL = re.compile(r"([\\`|<>\[\]])")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def md_escape(v) -> Md:
+    """Untrusted text as markdown text: a backslash before each character that could end a table
+    cell (``|``), start a code span, a link or raw HTML, or escape the next one; line breaks
+    (which would end a table row) become spaces. ``_`` and ``*`` are left alone: emphasis inside a
+    name is cosmetic, and ``best_pt`` stays readable."""
+    if isinstance(v, Md):
+        return v
+    return Md(_MD_SPECIAL.sub(r"\\\1", _LINE_BREAK.sub(" ", str(v))))
+
+
+def md_code(v, table: bool = False) -> Md:
+    """Untrusted text as a code span: fenced by more backticks than it holds in a row; inside a
+    table row its ``|`` is escaped too (GFM unescapes ``\\|`` before the span is read)."""
+    s = _LINE_BREAK.sub(" ", str(v))
+    if table:
+        s = s.replace("|", "\\|")
+    fence = "`" * (max((len(r) for r in re.findall(r"`+", s)), default=0) + 1)
+    pad = " " if s[:1] == "`" or s[-1:] == "`" else ""
+    return Md(f"{fence}{pad}{s}{pad}{fence}")
+
+
+def md_url(v) -> Md:
+    """A relative link target: percent-encoded, so spaces, parentheses and brackets cannot end it."""
+    from urllib.parse import quote
+
+    return Md(quote(str(v), safe="/._-+~"))
+
+
+@lru_cache(maxsize=1)
+def _md_template():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("vr.evaluate", "templates"), autoescape=False,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True, finalize=md_escape)
+    env.filters.update(pct=percent, num=number, points=points, params=params, code=md_code,
+                       url=md_url, md=md_escape)
+    return env.get_template("report.md.j2")
 
 
 def render_markdown(report: dict) -> str:
-    L: list[str] = []
-    L.append("# vr eval report\n")
-    L.append(f"- data: `{report['data']}` ({report['n_images']} images, {len(report['data_classes'])} classes)")
-    if report.get("skipped"):
-        L.append(f"- skipped unreadable images: {len(report['skipped'])}")
-    L.append(f"- vr {report['vr_version']}, {report['created']} (versions, device, command: manifest.json)")
-    if report.get("config", {}).get("html"):
-        L.append("- error analysis with the images (confusion cells, worst classes, flips): [report.html](report.html)")
-    L.append("- macro/weighted averages over the classes present in the labels or the predictions; an undefined "
-             "precision or recall counts as 0; latency is model time per batch (decoding excluded); images/s is the "
-             "whole loop, decoding included.\n")
-    L.append("## Models\n")
-    L.append("| model | runtime | provider | TTA | top-1 | top-5 | macro F1 | weighted F1 | macro P | macro R | img/s | p50 ms | p95 ms |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for m in report["models"]:
-        lat = m["latency_ms"]
-        L.append(f"| {m['name']} | {m['runtime']} | {m['provider']} | {m['tta']} | {_pct(m['accuracy'])} | "
-                 f"{_pct(m['top5'])} | {_pct(m['macro_f1'])} | {_pct(m['weighted_f1'])} | {_pct(m['macro_precision'])} | "
-                 f"{_pct(m['macro_recall'])} | {_num(m['images_per_second'])} | {_num(lat.get('p50'), '{:.2f}')} | "
-                 f"{_num(lat.get('p95'), '{:.2f}')} |")
-    L.append("")
-    for m in report["models"]:
-        L.append(f"## {m['name']}\n")
-        k_note = f" · top-5 is top-{m['top5_k']} ({m['top5_k']} classes)" if m["top5_k"] < 5 else ""
-        L.append(f"`{m['path']}` · {m['runtime']} on {m['provider']} · TTA {m['tta']} · host preprocessing: "
-                 f"{m['host_preprocess']}{k_note}")
-        for note in m.get("notes", []):
-            L.append(f"\n> note: {note}")
-        L.append("")
-        if m.get("members"):
-            _render_members(L, m)
-        files = m["files"]
-        L.append(f"![confusion matrix]({files['confusion_png']})\n")
-        L.append(f"Files: [{files['predictions']}]({files['predictions']}), [{files['confusion_csv']}]({files['confusion_csv']}), "
-                 f"[{files['confusion_normalized_csv']}]({files['confusion_normalized_csv']})\n")
-        if m["worst_classes"]:
-            L.append(f"### Worst {len(m['worst_classes'])} classes\n")
-            L.append("| class | F1 | precision | recall | images | most confused with |")
-            L.append("|---|---|---|---|---|---|")
-            for w in m["worst_classes"]:
-                conf = f"{w['most_confused_with']} ({w['most_confused_count']})" if w["most_confused_with"] else "-"
-                L.append(f"| {w['class']} | {_pct(w['f1'])} | {_pct(w['precision'])} | {_pct(w['recall'])} | {w['support']} | {conf} |")
-            L.append("")
-        L.append("### Per class\n")
-        L.append("| class | precision | recall | F1 | images |")
-        L.append("|---|---|---|---|---|")
-        for name, d in m["per_class"].items():
-            L.append(f"| {name} | {_pct(d['precision'])} | {_pct(d['recall'])} | {_pct(d['f1'])} | {d['support']} |")
-        L.append("")
-    if report["agreement"]:
-        L.append("## Agreement\n")
-        L.append("| a | b | top-1 agreement | flipped | max abs prob diff | mean abs prob diff | Δ top-1 | Δ macro F1 |")
-        L.append("|---|---|---|---|---|---|---|---|")
-        for a in report["agreement"]:
-            d = a["deltas"]
-            L.append(f"| {a['a']} | {a['b']} | {_pct(a['top1_agreement'])} | {a['n_flipped']} | "
-                     f"{_num(a['max_abs_prob_diff'], '{:.3g}')} | {_num(a['mean_abs_prob_diff'], '{:.3g}')} | "
-                     f"{100 * d['accuracy']:+.2f} pts | {100 * d['macro_f1']:+.2f} pts |")
-        L.append("")
-        for a in report["agreement"]:
-            if a["flipped"]:
-                L.append(f"### Flipped between {a['a']} and {a['b']} ({a['n_flipped']})\n")
-                L.append(f"| image | true | {a['a']} | {a['b']} |")
-                L.append("|---|---|---|---|")
-                for f in a["flipped"][:50]:
-                    L.append(f"| {f['image']} | {f['true_label']} | {f['a_pred']} ({f['a_confidence']:.3f}) | "
-                             f"{f['b_pred']} ({f['b_confidence']:.3f}) |")
-                if a["n_flipped"] > 50:
-                    L.append(f"\n… and {a['n_flipped'] - 50} more (all in report.json)")
-                L.append("")
-    return "\n".join(L) + "\n"
+    """report.md: the models, each model's files and worst/per-class tables, agreement and flips."""
+    return _md_template().render(report=report)
 
 
-def _params(n) -> str:
-    return "-" if n is None else f"{n / 1e6:.2f}M"
-
-
-def _render_members(L: list[str], m: dict) -> None:
-    L.append(f"### Ensemble members ({len(m['members'])}, soft vote)\n")
-    L.append("| member | weight | runtime | TTA | params | top-1 | macro F1 | differs from the vote |")
-    L.append("|---|---|---|---|---|---|---|---|")
-    for d in m["members"]:
-        L.append(f"| `{d['path']}` | {d['weight']:.3g} | {d['runtime']} | {d['tta']} | {_params(d.get('param_count'))} | "
-                 f"{_pct(d.get('accuracy'))} | {_pct(d.get('macro_f1'))} | {d.get('differs_from_vote', '-')} |")
-    L.append(f"\nEnsemble top-1 {_pct(m['accuracy'])}; at least one member right on {_pct(m.get('any_member_correct'))} "
-             f"of the images.\n")
-    L.append("| member a | member b | top-1 agreement | images that differ |")
-    L.append("|---|---|---|---|")
-    for a in m.get("member_agreement", []):
-        L.append(f"| `{a['a']}` | `{a['b']}` | {_pct(a['top1_agreement'])} | {a['n_disagree']} |")
-    L.append("")
-
-
+# --- the terminal ------------------------------------------------------------------------------
 def print_summary(report: dict) -> None:
+    """The models table and the agreement lines of `vr eval` (names escaped for rich's markup)."""
+    from rich.markup import escape
     from rich.table import Table
 
     from vr.util.console import console
 
-    t = Table(title=f"vr eval · {report['n_images']} images · {report['data']}", title_justify="left")
+    pct, num = percent, number
+    t = Table(title=f"vr eval · {report['n_images']} images · {escape(str(report['data']))}", title_justify="left")
     for col in ("model", "runtime / provider", "TTA", "top-1", "top-5", "macro F1", "img/s", "p50 ms", "p95 ms"):
         t.add_column(col, justify="left" if col in ("model", "runtime / provider", "TTA") else "right")
     for m in report["models"]:
         lat = m["latency_ms"]
-        t.add_row(m["name"], f"{m['runtime']} / {m['provider']}", m["tta"], _pct(m["accuracy"]), _pct(m["top5"]),
-                  _pct(m["macro_f1"]), _num(m["images_per_second"]), _num(lat.get("p50"), "{:.2f}"),
-                  _num(lat.get("p95"), "{:.2f}"))
+        t.add_row(escape(m["name"]), escape(f"{m['runtime']} / {m['provider']}"), escape(m["tta"]), pct(m["accuracy"]),
+                  pct(m["top5"]), pct(m["macro_f1"]), num(m["images_per_second"]), num(lat.get("p50"), ".2f"),
+                  num(lat.get("p95"), ".2f"))
     console.print(t)
     for m in report["models"]:
+        name = escape(m["name"])
         for d in m.get("members", []):
-            console.print(f"{m['name']} member {d['path']} (weight {d['weight']:.3g}): top-1 {_pct(d.get('accuracy'))}, "
-                          f"differs from the vote on {d.get('differs_from_vote', '-')} images")
+            console.print(f"{name} member {escape(str(d['path']))} (weight {d['weight']:.3g}): top-1 "
+                          f"{pct(d.get('accuracy'))}, differs from the vote on {d.get('differs_from_vote', '-')} images")
         for a in m.get("member_agreement", []):
-            console.print(f"{m['name']} members {a['a']} vs {a['b']}: top-1 agreement {_pct(a['top1_agreement'])}")
+            console.print(f"{name} members {escape(str(a['a']))} vs {escape(str(a['b']))}: top-1 agreement "
+                          f"{pct(a['top1_agreement'])}")
     for a in report["agreement"]:
-        console.print(f"{a['a']} vs {a['b']}: top-1 agreement {_pct(a['top1_agreement'])}, {a['n_flipped']} flipped, "
-                      f"max |Δp| {_num(a['max_abs_prob_diff'], '{:.3g}')}, Δ top-1 {100 * a['deltas']['accuracy']:+.2f} pts")
+        console.print(f"{escape(a['a'])} vs {escape(a['b'])}: top-1 agreement {pct(a['top1_agreement'])}, "
+                      f"{a['n_flipped']} flipped, max |Δp| {num(a['max_abs_prob_diff'], '.3g')}, "
+                      f"Δ top-1 {points(a['deltas']['accuracy'])} pts")
