@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-data_app = typer.Typer(help="Make datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Make and check datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 _state = {"debug": False}
@@ -57,6 +57,12 @@ def data_digits(
     counts = write_digits(out, size=size, seed=seed, overwrite=overwrite)
     typer.echo(f"wrote {out}: {counts['train']} train, {counts['val']} val, {counts['test']} test images "
                f"(labels of test/ in {out / 'test_labels.csv'})")
+
+
+def _data_check(cfg):
+    from vr.data.check import run
+
+    run(cfg)
 
 
 def _train(cfg):
@@ -102,9 +108,17 @@ def _sweep(cfg):
 
 
 def _register() -> None:
+    from vr.data.check import DataCheckConfig
     from vr.export.config import ExportConfig
     from vr.evaluate.config import EvalConfig, SubmitConfig
     from vr.train.config import TrainConfig
+
+    config_command(data_app, "check", DataCheckConfig, _data_check, yaml_option=False,
+                   help="Check DATA before training: class counts and imbalance, image sizes and aspect and how "
+                        "much of each image the eval crop keeps, exact and near-duplicate images within and across "
+                        "train/val/test, greyscale/CMYK/alpha/16-bit and unreadable files, and layout problems. "
+                        "Each finding that calls for a change names the flag or action that makes it. --json "
+                        "prints the report for scripts; --out saves it.")
 
     config_command(app, "train", TrainConfig, _train,
                    help="Train or fine-tune a classifier on DATA (train/<class>/, val/<class>/).")
