@@ -125,7 +125,7 @@ def run_baseline(model, folders, pre, batch_size, workers):
 
 def run_vr(predictor, paths, batch_size, workers):
     """What `vr eval` does per model: decode + host preprocessing in DataLoader workers, the graph in ORT."""
-    from vr.evaluate.runner import predict_files
+    from vr.runtime.runner import predict_files
 
     start = time.perf_counter()
     run = predict_files(predictor, paths, batch_size, workers)
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import torch
 
-    from vr.evaluate.predictors import load_predictor
+    from vr.runtime.load import load_predictor
     from vr.models.checkpoint import load_checkpoint
 
     data = args.data.resolve()

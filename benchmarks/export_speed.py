@@ -59,8 +59,9 @@ def build_checkpoint(folder: Path, interpolation: str):
 
 def pixel_parity(images, interpolation: str) -> dict[str, tuple[float, float]]:
     """In-graph geometry (no TTA, not normalised) vs Preprocess.geometry: % identical values, max diff."""
+    import onnxruntime as ort
+
     from vr.export.onnx import preprocess_model
-    from vr.export.parity import onnx_session
     from vr.models.preprocess import Preprocess
 
     pre = Preprocess(224, 256, interpolation)
@@ -69,7 +70,8 @@ def pixel_parity(images, interpolation: str) -> dict[str, tuple[float, float]]:
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / "pre.onnx"
             p.write_bytes(preprocess_model(pre, "none", resize_impl=impl, normalize=False).SerializeToString())
-            sess = onnx_session(p)
+            # The preprocessing subgraph alone (not a vr model, so not a vr.runtime predictor).
+            sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
             same = total = 0
             worst = 0.0
             for img in images:
@@ -93,13 +95,14 @@ def time_torch(model, pre, images, tta: str, batch: int) -> tuple[float, np.ndar
 
 
 def time_onnx(path: Path, images, threads: int) -> tuple[float, np.ndarray]:
-    from vr.export.parity import onnx_session
+    """vr's ONNX predictor (vr.runtime), fed each raw image whole, as eval feeds a graph."""
+    from vr.runtime.load import load_predictor
 
-    sess = onnx_session(path, threads=threads)
+    predictor = load_predictor(path, device="cpu", host_resize=False, threads=threads)
     for img in images[:3]:  # warm-up
-        sess.run(None, {"images": np.asarray(img, dtype=np.uint8)[None]})
+        predictor.run([np.asarray(img, dtype=np.uint8)])
     t0 = time.perf_counter()  # PIL image -> numpy is timed, as PIL -> tensor is on the torch side
-    probs = np.concatenate([sess.run(None, {"images": np.asarray(img, dtype=np.uint8)[None]})[0] for img in images])
+    probs = np.concatenate([predictor.run([np.asarray(img, dtype=np.uint8)]) for img in images])
     return len(images) / (time.perf_counter() - t0), probs
 
 

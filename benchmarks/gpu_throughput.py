@@ -12,16 +12,19 @@ same weights in every row) at ``--batch-size`` images of SIZE x SIZE:
                             kill the process with SIGILL);
 * ``torch-bf16-cl-compile`` the same + ``torch.compile`` (``--compile-mode``); the compile time is timed
                             apart (``setup_s``) and left out of the numbers; ``--no-compile`` skips it;
-* ``ort-cuda``/``ort-trt``  ONNX Runtime with CUDAExecutionProvider / TensorrtExecutionProvider (fp16)
-                            on the backbone exported to ONNX (TorchScript exporter, opset 18, fixed
-                            shape, in a temp dir), inputs and outputs bound on the GPU (IO binding);
-                            a row counts only if ``sess.get_providers()[0]`` is the provider asked for;
-* ``trt-fp16``/``trt-int8`` a TensorRT engine built with the tensorrt Python API from the same ONNX,
-                            run with torch CUDA tensors as bindings (TensorRT 10: set_input_shape /
-                            set_tensor_address / execute_async_v3). INT8 is calibrated on random
-                            images (or ``--calib-dir``): its speed is real, its accuracy means nothing;
+* ``ort-cuda``/``ort-trt``  vr's own exported graph (``vr export``: uint8 images in, preprocessing, softmax
+                            inside; fp32 for ort-cuda, fp16 backbone for ort-trt) run by vr's runtime
+                            layer (``vr.runtime.load.load_predictor``, the predictor ``vr eval`` uses)
+                            on ONNX Runtime's CUDA / TensorRT execution provider; host-device copies
+                            of the uint8 batch and the probabilities are inside the timing; a row
+                            counts only if the session runs on the provider asked for;
+* ``trt-fp16``/``trt-int8`` the same graph at --precision fp16 / int8 (Q/DQ calibrated on synthetic
+                            images: its speed is real, its accuracy means nothing), built into a
+                            strongly typed TensorRT engine by ``vr export --trt`` and run by vr's
+                            TensorRT predictor. The export gate is relaxed (speed only: random
+                            weights); UNVERIFIED: no TensorRT has been available to run these rows;
 * ``--train``               training images/s of the first model at its size on random data, 1 GPU:
-                            ``train-vr`` is vr's own training step (``vr.train.loop.TrainStep``: AMP as
+                            ``train-vr`` is vr's own training step (``vr.train.step.TrainStep``: AMP as
                             ``vr train`` picks it, bf16 autocast where supported, GradScaler only for
                             fp16; channels_last; vr's fused AdamW; loss/accuracy bookkeeping on the
                             device), ``train-plain`` the plain loop (autocast + AdamW(fused) +
@@ -275,30 +278,6 @@ class Bench:
         if not torch.cuda.is_bf16_supported():
             raise Skip(f"{torch.cuda.get_device_name(self.dev)} lacks bf16")
 
-    def onnx_path(self, name: str, size: int) -> Path:
-        key = (name, size)
-        if key not in self._onnx:
-            path = self.tmp / f"{name.replace('/', '_')}_{size}_b{self.args.batch_size}.onnx"
-            t0 = time.perf_counter()
-            try:
-                import inspect
-
-                m = self.model(name)
-                kw = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-                with torch.no_grad(), warnings_quiet():
-                    torch.onnx.export(m, (self.input_cpu(size),), str(path), opset_version=18, input_names=["input"],
-                                      output_names=["logits"], do_constant_folding=True, **kw)
-                del m
-                self._onnx[key] = path
-                print(f"    exported {path.name} in {time.perf_counter() - t0:.1f} s "
-                      f"({path.stat().st_size / 2**20:.0f} MiB)", flush=True)
-            except Exception as e:  # remembered: every ONNX row of this model fails with it
-                self._onnx[key] = e
-        got = self._onnx[key]
-        if isinstance(got, BaseException):
-            raise RuntimeError(f"ONNX export failed: {one_line(got)}")
-        return got
-
     # -- torch rows
     def run_torch(self, row: Row, name: str, size: int, bf16: bool, compile_: bool) -> None:
         if bf16:
@@ -345,170 +324,75 @@ class Bench:
                 with contextlib.suppress(Exception):
                     torch._dynamo.reset()  # frees the compiled graphs before the next row
 
-    # -- ONNX Runtime rows
-    def run_ort(self, row: Row, name: str, size: int, provider: str) -> None:
+    # -- vr graph rows (ONNX Runtime providers, TensorRT): through vr's runtime layer
+    def vr_export(self, name: str, size: int, precision: str, trt: bool) -> Path:
+        """A vr checkpoint of the model (the bench's weights; crop = input: no resize in the graph)
+        exported by vr export at ``precision`` (with its engine for ``trt``), gate relaxed: speed only."""
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from PIL import Image
+
+        from vr.data.classes import ClassMap
+        from vr.export.config import ExportConfig
+        from vr.export.run import run as export
+        from vr.models.checkpoint import Checkpoint, save_checkpoint
+        from vr.models.preprocess import Preprocess
+
+        d = self.tmp / f"{name.replace('/', '_')}_{size}_{precision}{'_trt' if trt else ''}"
+        d.mkdir(exist_ok=True)
+        ckpt = d / "m.pt"
+        save_checkpoint(ckpt, Checkpoint(name, self.args.classes, self.model(name).state_dict(),
+                                         ClassMap(tuple(str(i) for i in range(self.args.classes))),
+                                         Preprocess(size, size, "bilinear")))
+        calib = None
+        if precision == "int8":
+            calib = d / "calib"
+            calib.mkdir(exist_ok=True)
+            g = torch.Generator().manual_seed(self.args.seed + 2)
+            for i in range(16):
+                arr = (torch.rand(size, size, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(arr).save(calib / f"{i}.png")
+        b = self.args.batch_size
+        cfg = ExportConfig(checkpoint=[ckpt], out=d / "m.onnx", precision=precision, calib=calib, calib_count=16,
+                           resize_impl="matmul", atol=1.0, min_agreement=0.0, verify_count=4, trt=trt,
+                           trt_batch=(1, b, b), trt_size=(size, size, size))
+        written = export(cfg)
+        return written["engine"] if trt else written["onnx"]
+
+    def run_graph(self, row: Row, name: str, size: int, backend: str) -> None:
         import numpy as np
 
-        pretty = {"CUDAExecutionProvider": "ort-cuda", "TensorrtExecutionProvider": "ort-trt"}[provider]
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise Skip("onnxruntime-gpu not installed (no onnxruntime at all)") from None
-        avail = ort.get_available_providers()
-        if provider not in avail:
-            what = "onnxruntime-gpu not installed" if "CUDAExecutionProvider" not in avail else \
-                "onnxruntime-gpu built without TensorRT or TensorRT libraries missing"
-            raise Skip(f"{what} (onnxruntime {ort.__version__} offers {', '.join(avail)})")
-        self.need_cuda(pretty)
-        idx = self.dev.index if self.dev.index is not None else torch.cuda.current_device()
+        providers = {"ort-cuda": ["CUDAExecutionProvider"], "ort-trt": ["TensorrtExecutionProvider"]}.get(backend)
+        precision = {"ort-cuda": "fp32", "ort-trt": "fp16", "trt-fp16": "fp16", "trt-int8": "int8"}[backend]
+        if providers:
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                raise Skip("onnxruntime not installed") from None
+            if providers[0] not in ort.get_available_providers():
+                raise Skip(f"onnxruntime-gpu not installed or without {providers[0]} (onnxruntime {ort.__version__} "
+                           f"offers {', '.join(ort.get_available_providers())})")
+        elif importlib.util.find_spec("tensorrt") is None:
+            raise Skip("tensorrt not installed")
+        self.need_cuda(backend)
+        from vr.runtime.load import load_predictor
+
         t0 = time.perf_counter()
-        path = self.onnx_path(name, size)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        cuda_opts = {"device_id": idx}
-        providers: list = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
-        if provider == "TensorrtExecutionProvider":
-            cache = self.tmp / "ort_trt_cache"
-            cache.mkdir(exist_ok=True)
-            providers.insert(0, ("TensorrtExecutionProvider", {
-                "device_id": idx, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(cache)}))
-            row.note = "TensorRT EP, fp16 enabled"
-        else:
-            row.note = "CUDA EP, fp32 graph"
-        sess = ort.InferenceSession(str(path), so, providers=providers)
-        got = sess.get_providers()
-        if not got or got[0] != provider:
-            raise Skip(f"{provider} not active (session has {got}): onnxruntime-gpu missing or its CUDA/cuDNN/"
-                       "TensorRT libraries not found")
-        x = self.input_cpu(size).to(self.dev).contiguous()
-        out = torch.empty((self.args.batch_size, self.args.classes), dtype=torch.float32, device=self.dev)
-        io = sess.io_binding()
-        io.bind_input(sess.get_inputs()[0].name, "cuda", idx, np.float32, tuple(x.shape), x.data_ptr())
-        io.bind_output(sess.get_outputs()[0].name, "cuda", idx, np.float32, tuple(out.shape), out.data_ptr())
+        path = self.vr_export(name, size, precision, trt=providers is None)
+        predictor = load_predictor(path, device=str(self.dev), batch_size=self.args.batch_size, host_resize=False,
+                                   providers=providers)
+        rng = np.random.default_rng(self.args.seed + 1)
+        batch = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(self.args.batch_size)]
 
         def step():
-            sess.run_with_iobinding(io)
+            predictor.run(batch)
 
-        step()  # engine build for the TensorRT EP
+        step()  # the TensorRT EP builds its engine here
         sync(self.dev)
         row.setup_s = time.perf_counter() - t0
-        row.max_rel_diff = rel_diff(out, self.reference(name, size))
+        row.note = (f"vr graph ({precision}) on {predictor.provider}: uint8 in, preprocessing and softmax in the "
+                    f"graph, host<->device copies timed")
         fill_timing(row, time_batches(step, self.dev, self.args.iters, self.args.warmup), self.args.batch_size)
-
-    # -- TensorRT rows
-    def run_trt(self, row: Row, name: str, size: int, int8: bool) -> None:
-        try:
-            import tensorrt as trt
-        except ImportError:
-            raise Skip("tensorrt not installed") from None
-        self.need_cuda("TensorRT")
-        if int(trt.__version__.split(".")[0]) < 10:
-            raise Skip(f"tensorrt {trt.__version__} < 10 (this script uses the TensorRT 10 API)")
-        if int8 and not hasattr(trt, "IInt8EntropyCalibrator2"):
-            raise Skip(f"tensorrt {trt.__version__} has no IInt8EntropyCalibrator2 (implicit INT8 removed)")
-        t0 = time.perf_counter()
-        path = self.onnx_path(name, size)
-        logger = trt.Logger(trt.Logger.ERROR)
-        builder = trt.Builder(logger)
-        network = builder.create_network(0)
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(path)):
-            errs = [str(parser.get_error(i)) for i in range(parser.num_errors)] or ["unknown error"]
-            raise RuntimeError(f"TensorRT cannot parse the ONNX: {errs[0].splitlines()[0]}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 4 << 30)
-        config.set_flag(trt.BuilderFlag.FP16)
-        calib = None
-        if int8:
-            config.set_flag(trt.BuilderFlag.INT8)
-            calib, how = self._calibrator(trt, size)
-            config.int8_calibrator = calib
-            row.note = f"INT8 (+fp16 fallback), calibrated on {how}: speed only, accuracy meaningless"
-        else:
-            row.note = "FP16 engine"
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise RuntimeError("TensorRT failed to build the engine")
-        engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
-        ctx = engine.create_execution_context()
-        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
-                  trt.int8: torch.int8, trt.bool: torch.bool}
-        for extra in ("bfloat16", "int64"):
-            if hasattr(trt, extra):
-                dtypes[getattr(trt, extra)] = getattr(torch, extra)
-        x_cpu = self.input_cpu(size)
-        bufs: dict[str, torch.Tensor] = {}
-        outs = []
-        for i in range(engine.num_io_tensors):
-            n = engine.get_tensor_name(i)
-            dt = dtypes[engine.get_tensor_dtype(n)]
-            if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT:
-                ctx.set_input_shape(n, tuple(x_cpu.shape))
-                bufs[n] = x_cpu.to(self.dev, dt).contiguous()
-        for i in range(engine.num_io_tensors):
-            n = engine.get_tensor_name(i)
-            if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT:
-                bufs[n] = torch.empty(tuple(ctx.get_tensor_shape(n)), dtype=dtypes[engine.get_tensor_dtype(n)],
-                                      device=self.dev)
-                outs.append(n)
-        for n, t in bufs.items():
-            ctx.set_tensor_address(n, t.data_ptr())
-        stream = torch.cuda.Stream(self.dev)  # not the legacy default stream, which TensorRT syncs on
-        sync(self.dev)
-
-        def step():
-            if not ctx.execute_async_v3(stream.cuda_stream):
-                raise RuntimeError("execute_async_v3 returned False")
-
-        step()
-        sync(self.dev)
-        row.setup_s = time.perf_counter() - t0
-        row.max_rel_diff = rel_diff(bufs[outs[0]], self.reference(name, size))
-        fill_timing(row, time_batches(step, self.dev, self.args.iters, self.args.warmup), self.args.batch_size)
-
-    def _calibrator(self, trt, size: int):
-        """IInt8EntropyCalibrator2 over --calib-batches batches: --calib-dir images (resized, ImageNet
-        mean/std) when given and there are enough, else random normal images."""
-        b, n = self.args.batch_size, self.args.calib_batches
-        data, how = None, f"{n} batches of random images"
-        if self.args.calib_dir:
-            data = load_calib_images(Path(self.args.calib_dir), size, b * n)
-            if data is not None and data.shape[0] >= b:
-                n = data.shape[0] // b
-                how = f"{n * b} images from {self.args.calib_dir}"
-            else:
-                data, how = None, f"{n} batches of random images (too few images in --calib-dir)"
-        g = torch.Generator().manual_seed(self.args.seed + 2)
-        dev = self.dev
-
-        class Calib(trt.IInt8EntropyCalibrator2):
-            def __init__(self):
-                trt.IInt8EntropyCalibrator2.__init__(self)
-                self.i = 0
-                self.buf = torch.empty((b, 3, size, size), dtype=torch.float32, device=dev)
-
-            def get_batch_size(self):
-                return b
-
-            def get_batch(self, names):
-                if self.i >= n:
-                    return None
-                src = data[self.i * b:(self.i + 1) * b] if data is not None else \
-                    torch.randn(b, 3, size, size, generator=g)
-                self.buf.copy_(src)
-                torch.cuda.synchronize(dev)
-                self.i += 1
-                return [int(self.buf.data_ptr())]
-
-            def read_calibration_cache(self):
-                return None
-
-            def write_calibration_cache(self, cache):
-                return None
-
-        return Calib(), how
 
     # -- training rows
     def run_train(self, row: Row, name: str, size: int, use_vr: bool) -> None:
@@ -526,7 +410,7 @@ class Bench:
                 if str(REPO) not in sys.path:
                     sys.path.insert(0, str(REPO))
                 from vr.train.config import TrainConfig
-                from vr.train.loop import TrainStep, build_criterion
+                from vr.train.step import TrainStep, build_criterion
                 from vr.train.optim import LRSchedule, create_optimizer
                 from vr.util.device import resolve_runtime
             except Exception as e:
@@ -579,33 +463,6 @@ class Bench:
         fill_timing(row, time_batches(step, dev, self.args.iters, self.args.warmup), b)
         if check():
             raise RuntimeError("non-finite loss during the timed steps")
-
-
-def load_calib_images(root: Path, size: int, count: int) -> torch.Tensor | None:
-    from PIL import Image
-
-    exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in exts)[:count]
-    if not paths:
-        return None
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    arrs = []
-    for p in paths:
-        with contextlib.suppress(Exception):
-            im = Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)
-            t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3)
-            arrs.append((t.permute(2, 0, 1).float() / 255 - mean) / std)
-    return torch.stack(arrs) if arrs else None
-
-
-@contextlib.contextmanager
-def warnings_quiet():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 # ----------------------------------------------------------------------------------- report
@@ -698,8 +555,6 @@ def main(argv=None) -> int:
                     help="torch.compile mode (max-autotune* can take many minutes on a deep convnet)")
     ap.add_argument("--train", action="store_true", help="also time training (train-vr, train-plain) on the first model")
     ap.add_argument("--train-batch-size", type=int, default=None, help="batch of the --train rows (default: --batch-size)")
-    ap.add_argument("--calib-dir", default=None, help="images for INT8 calibration (default: random images)")
-    ap.add_argument("--calib-batches", type=int, default=4)
     ap.add_argument("--strict-fp32", action="store_true", help="turn TF32 off (cuDNN and matmul) for all torch rows")
     ap.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     ap.add_argument("--budget-s", type=float, default=540.0,
@@ -776,10 +631,10 @@ def main(argv=None) -> int:
         "torch-fp32": lambda r, n, s: bench.run_torch(r, n, s, bf16=False, compile_=False),
         "torch-bf16-cl": lambda r, n, s: bench.run_torch(r, n, s, bf16=True, compile_=False),
         "torch-bf16-cl-compile": lambda r, n, s: bench.run_torch(r, n, s, bf16=True, compile_=True),
-        "ort-cuda": lambda r, n, s: bench.run_ort(r, n, s, "CUDAExecutionProvider"),
-        "ort-trt": lambda r, n, s: bench.run_ort(r, n, s, "TensorrtExecutionProvider"),
-        "trt-fp16": lambda r, n, s: bench.run_trt(r, n, s, int8=False),
-        "trt-int8": lambda r, n, s: bench.run_trt(r, n, s, int8=True),
+        "ort-cuda": lambda r, n, s: bench.run_graph(r, n, s, "ort-cuda"),
+        "ort-trt": lambda r, n, s: bench.run_graph(r, n, s, "ort-trt"),
+        "trt-fp16": lambda r, n, s: bench.run_graph(r, n, s, "trt-fp16"),
+        "trt-int8": lambda r, n, s: bench.run_graph(r, n, s, "trt-int8"),
         "train-vr": lambda r, n, s: bench.run_train(r, n, s, use_vr=True),
         "train-plain": lambda r, n, s: bench.run_train(r, n, s, use_vr=False),
     }

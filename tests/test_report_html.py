@@ -148,7 +148,9 @@ def test_eval_writes_the_manifest(e2e):
     import torch
 
     man = json.loads((e2e["out"] / "manifest.json").read_text())
-    assert man["vr_version"] == "0.1.0"
+    import vr
+
+    assert man["vr_version"] == vr.__version__ == metadata.version("vr")
     v = man["versions"]
     assert set(v) == {"vr", "python", "torch", "torchvision", "timm", "onnx", "onnxruntime", "tensorrt"}
     assert v["torch"] == metadata.version("torch") and v["onnxruntime"] is not None

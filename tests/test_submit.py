@@ -109,7 +109,7 @@ def test_unwritable_output_is_one_line(model, tmp_path, capsys):
 
 
 def test_interrupted_run_keeps_the_previous_csv(model, tmp_path, monkeypatch):
-    import vr.evaluate.runner as runner
+    import vr.runtime.runner as runner
 
     write_test_folder(tmp_path / "test", n=3)
     out = tmp_path / "prediction.csv"

@@ -59,104 +59,69 @@ def data_digits(
                f"(labels of test/ in {out / 'test_labels.csv'})")
 
 
-def _data_check(cfg):
-    from vr.data.check import run
+def _runs(spec: str):
+    """A command body: import ``module:function`` only when the command runs (`vr --help` stays fast)."""
+    def run(cfg):
+        from vr.formats import load_object
+        from vr.util.phases import mark
 
-    run(cfg)
+        fn = load_object(spec)
+        mark("imports")
+        fn(cfg)
 
-
-def _train(cfg):
-    from vr.train.loop import run
-
-    run(cfg)
-
-
-def _eval(cfg):
-    from vr.evaluate.evaluate import run_eval
-
-    run_eval(cfg)
+    return run
 
 
-def _submit(cfg):
-    from vr.evaluate.submit import run_submit
-
-    run_submit(cfg)
-
-
-def _predict(cfg):
-    from vr.evaluate.predict import run_predict
-
-    run_predict(cfg)
-
-
-def _export(cfg):
-    from vr.export.run import run
-
-    run(cfg)
-
-
-def _compare(cfg):
-    from vr.experiments.compare import run
-
-    run(cfg)
-
-
-def _sweep(cfg):
-    from vr.experiments.sweep import run
-
-    run(cfg)
+# (sub-app, name, config class, what runs it, yaml --config option, help)
+COMMANDS = (
+    ("data", "check", "vr.data.check:DataCheckConfig", "vr.data.check:run", False,
+     "Check DATA before training: class counts and imbalance, image sizes and aspect and how much of each image "
+     "the eval crop keeps, exact and near-duplicate images within and across train/val/test, greyscale/CMYK/alpha/"
+     "16-bit and unreadable files, and layout problems. Each finding that calls for a change names the flag or "
+     "action that makes it. --json prints the report for scripts; --out saves it."),
+    ("vr", "train", "vr.train.config:TrainConfig", "vr.train.loop:run", True,
+     "Train or fine-tune a classifier on DATA (train/<class>/, val/<class>/)."),
+    ("vr", "eval", "vr.evaluate.config:EvalConfig", "vr.evaluate.evaluate:run_eval", True,
+     "Score MODELS (.pt, .onnx, .engine) on labelled images and compare them: metrics, confusion matrices, worst "
+     "classes, speed and agreement in OUT/report.md and report.json. A MODEL spelled a.pt+b.onnx (weighted: "
+     "a.pt@0.6+b.onnx@0.4) is one soft-voting ensemble, reported with each member's accuracy and the members' "
+     "agreement."),
+    ("vr", "submit", "vr.evaluate.config:SubmitConfig", "vr.evaluate.submit:run_submit", True,
+     "Write the leaderboard CSV (image_name,pred_label: file stem, class folder name) for the images in --test-dir "
+     "(or a last TEST_DIR argument), or --check an existing one. Several MODELs (or a.pt+b.pt) are soft-voted "
+     "(--weights 0.6,0.4). Unreadable images, clashing stems and an empty folder are refused, naming the files."),
+    ("vr", "export", "vr.export.config:ExportConfig", "vr.export.run:run", True,
+     "Export CHECKPOINT to ONNX with resize, crop, normalisation and TTA inside the graph (input: uint8 "
+     "[N, H, W, 3] RGB, one size per batch; output: probs [N, C]) at --precision fp32/fp16/bf16/int8, check it "
+     "against PyTorch on real images and refuse to write it if they disagree; the model carries a golden set for "
+     "`vr verify`. Several checkpoints export one soft-voting ensemble graph (--weights 0.6,0.4), each member with "
+     "its own preprocessing. --trt also builds a strongly typed TensorRT engine (from a checkpoint, or from an "
+     ".onnx on the machine that will run it)."),
+    ("vr", "verify", "vr.export.config:VerifyConfig", "vr.export.verify:run", False,
+     "Check MODEL (.onnx or .engine from vr export) on this machine with no dataset: run its embedded golden set and "
+     "compare with PyTorch's probabilities within its precision's tolerance, and check that the graph (or engine) "
+     "is the one exported. Exit 2 when it fails."),
+    ("vr", "predict", "vr.evaluate.predict:PredictConfig", "vr.evaluate.predict:run_predict", False,
+     "Print the top-k classes, with names and probabilities, of IMAGES (files or folders) for MODEL: a .pt "
+     "checkpoint, an .onnx export or a TensorRT .engine."),
+    ("vr", "compare", "vr.experiments.config:CompareConfig", "vr.experiments.compare:run", False,
+     "Compare RUNS (vr train folders): overlaid loss/accuracy/lr curves, the train-val gap, a table of best val "
+     "acc, epoch, losses, params, time and hyperparameters (OUT/compare.md, compare.csv) and, with vr eval reports "
+     "in RUN/eval/, the worst classes side by side."),
+    ("vr", "sweep", "vr.experiments.config:SweepConfig", "vr.experiments.sweep:run", False,
+     "Train every combination of the --set values (each its own vr train process, into OUT/<label>/), starting "
+     "from the train config CONFIG; finished runs are skipped and unfinished ones resumed, so rerunning continues "
+     "a sweep, and a run that fails does not stop the others. Then compare them into OUT/compare/. --dry-run "
+     "prints the vr train commands instead."),
+)
 
 
 def _register() -> None:
-    from vr.data.check import DataCheckConfig
-    from vr.export.config import ExportConfig
-    from vr.evaluate.config import EvalConfig, SubmitConfig
-    from vr.train.config import TrainConfig
+    from vr.formats import load_object
 
-    config_command(data_app, "check", DataCheckConfig, _data_check, yaml_option=False,
-                   help="Check DATA before training: class counts and imbalance, image sizes and aspect and how "
-                        "much of each image the eval crop keeps, exact and near-duplicate images within and across "
-                        "train/val/test, greyscale/CMYK/alpha/16-bit and unreadable files, and layout problems. "
-                        "Each finding that calls for a change names the flag or action that makes it. --json "
-                        "prints the report for scripts; --out saves it.")
-
-    config_command(app, "train", TrainConfig, _train,
-                   help="Train or fine-tune a classifier on DATA (train/<class>/, val/<class>/).")
-    config_command(app, "eval", EvalConfig, _eval,
-                   help="Score MODELS (.pt, .onnx, .engine) on labelled images and compare them: metrics, confusion "
-                        "matrices, worst classes, speed and agreement in OUT/report.md and report.json. A MODEL "
-                        "spelled a.pt+b.onnx (weighted: a.pt@0.6+b.onnx@0.4) is one soft-voting ensemble, reported "
-                        "with each member's accuracy and the members' agreement.")
-    config_command(app, "submit", SubmitConfig, _submit,
-                   help="Write the leaderboard CSV (image_name,pred_label: file stem, class folder name) for the "
-                        "images in --test-dir (or a last TEST_DIR argument), or --check an existing one. Several "
-                        "MODELs (or a.pt+b.pt) are soft-voted (--weights 0.6,0.4). Unreadable images, clashing "
-                        "stems and an empty folder are refused, naming the files.")
-
-    config_command(app, "export", ExportConfig, _export,
-                   help="Export CHECKPOINT to ONNX with resize, crop, normalisation and TTA inside the graph (input: "
-                        "uint8 [N, H, W, 3] RGB, one size per batch; output: probs [N, C]), check it against PyTorch "
-                        "on real images and refuse to write it if they disagree. Several checkpoints export one "
-                        "soft-voting ensemble graph (--weights 0.6,0.4), each member with its own preprocessing. "
-                        "--trt also builds a TensorRT engine.")
-
-    from vr.evaluate.predict import PredictConfig
-
-    config_command(app, "predict", PredictConfig, _predict, yaml_option=False,
-                   help="Print the top-k classes, with names and probabilities, of IMAGES (files or folders) "
-                        "for MODEL: a .pt checkpoint, an .onnx export or a TensorRT .engine.")
-
-    from vr.experiments.config import CompareConfig, SweepConfig
-
-    config_command(app, "compare", CompareConfig, _compare, yaml_option=False,
-                   help="Compare RUNS (vr train folders): overlaid loss/accuracy/lr curves, the train-val gap, a "
-                        "table of best val acc, epoch, losses, params, time and hyperparameters (OUT/compare.md, "
-                        "compare.csv) and, with vr eval reports in RUN/eval/, the worst classes side by side.")
-    config_command(app, "sweep", SweepConfig, _sweep, yaml_option=False,
-                   help="Train every combination of the --set values (one run after another, into OUT/<label>/), "
-                        "starting from the train config CONFIG; finished runs are skipped and unfinished ones "
-                        "resumed, so rerunning continues a sweep. Then compare them into OUT/compare/. --dry-run "
-                        "prints the vr train commands instead.")
+    apps = {"vr": app, "data": data_app}
+    for group, name, config, runner, yaml_option, help_text in COMMANDS:
+        config_command(apps[group], name, load_object(config), _runs(runner), yaml_option=yaml_option, help=help_text)
 
 
 _register()
@@ -192,12 +157,27 @@ def _show_usage_error(e) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     """Console entry point: VrError -> one red line and exit 2; Ctrl-C -> exit 130."""
     from vr.util.manifest import set_command
+    from vr.util.phases import mark
 
+    mark("python start + vr.cli import")
     set_command(["vr", *(sys.argv[1:] if argv is None else argv)])  # what manifest.json records
     try:
-        return _main(argv)
+        code = _main(argv)
     finally:
         set_command(None)
+    if argv is None:  # the process's entry point (console script, python -m vr.cli): it exits next
+        _before_exit()
+    return code
+
+
+def _before_exit() -> None:
+    """Collect the garbage now (its finalizers run as they would have at exit), then freeze what
+    is left: the interpreter's shutdown collections skip the millions of live objects torch and
+    timm create, which took 1-2 s of every command's exit (benchmarks/peers.py)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _main(argv: Optional[list[str]]) -> int:

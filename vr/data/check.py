@@ -21,16 +21,14 @@ from pathlib import Path
 from typing import Optional
 
 from vr.config import ConfigBase, check, check_choice, option
+from vr.data.check_dups import SPLIT_ORDER
 from vr.errors import VrError
 
-# `pad` (letterbox) is evaluated analytically here even before `vr train --crop-mode pad` exists,
-# so the advice can name it; the geometry is in kept_share().
+# The crop modes of vr.models.preprocess (kept here as strings: the CLI imports this module at
+# start-up); the geometry of each is in kept_share().
 CHECK_CROP_MODES = ("center", "squash", "pad")
-SPLIT_ORDER = ("train", "val", "test")
 NEAR_DISTANCE = 4  # phash Hamming distance; resized/re-encoded copies score 0-2, unrelated photos ~20-32
-MAX_NEAR_PAIRS = 2_000_000  # stop collecting near pairs past this (a set of near-identical images)
 EXAMPLES = 5  # example paths kept per layout problem / unreadable kind
-LISTED = 100  # duplicate groups / pairs kept in the JSON report
 _VAL_LIKE = ("valid", "validation", "dev", "eval")
 
 
@@ -45,7 +43,8 @@ class DataCheckConfig(ConfigBase):
                                     "centre-cropped (vr train's --crop-pct).")
     crop_mode: str = option("center", "The eval crop to judge: center (shorter side to the resize size, centre "
                                       "crop), squash (resize to a square, ignoring aspect), pad (letterbox: the "
-                                      "long side to the size, padded to a square).", choices=CHECK_CROP_MODES)
+                                      "longer side to the resize size on a square canvas, then the centre crop).",
+                            choices=CHECK_CROP_MODES)
     near_distance: int = option(NEAR_DISTANCE, "Near-duplicates: largest Hamming distance between two 64-bit "
                                                "perceptual hashes (phash) that counts as the same picture.")
     as_json: bool = option(False, "Print the JSON report on stdout instead of the table.", flag="--json")
@@ -339,13 +338,20 @@ def kept_share(h: int, w: int, input_size: int, resize_size: int, crop_mode: str
     After the border crop (``floor(side * border_crop)`` off each edge): center resizes the
     shorter side to ``resize_size`` (the longer floored, as in Preprocess), then cuts an
     ``input_size`` centre crop; squash resizes to a ``resize_size`` square, then the crop; pad
-    (letterbox: the long side to ``input_size``, padded to a square) keeps everything.
+    (letterbox: the longer side to ``resize_size`` on a square canvas, then the centre crop) keeps
+    all of the shorter side and ``input_size / resize_size`` of the longer one, undistorted.
     """
     if border_crop:
         bh, bw = h - 2 * int(h * border_crop), w - 2 * int(w * border_crop)
         return bh * bw / (h * w) * kept_share(bh, bw, input_size, resize_size, crop_mode)
     if crop_mode == "pad":
-        return 1.0
+        r, c = resize_size, (resize_size - input_size) // 2
+        sides = (int(r * h / w), r) if h <= w else (r, int(r * w / h))
+        kept = 1.0
+        for n in sides:  # overlap of the image (centred on the canvas) with the crop window
+            off = (r - n) // 2
+            kept *= max(0, min(off + n, c + input_size) - max(off, c)) / max(1, n)
+        return kept
     if crop_mode == "squash":
         rh = rw = resize_size
     elif w <= h:
@@ -528,6 +534,11 @@ def run(cfg: DataCheckConfig) -> dict:
     from vr.data.check_report import print_findings
     from vr.util.io import atomic_write_json
 
+    if cfg.out is not None:  # before minutes of hashing: never inside the data, never another command's file
+        from vr.util.paths import check_outputs, check_owned_file
+
+        check_outputs([("--out", cfg.out)], input_dirs=[("the data folder", cfg.data)])
+        check_owned_file(cfg.out, "data check")
     report = check_data(cfg.data, input_size=cfg.img_size, resize_size=cfg.resize_size, crop_mode=cfg.crop_mode,
                         near_distance=cfg.near_distance, workers=cfg.workers, progress=True)
     if cfg.out is not None:

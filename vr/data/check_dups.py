@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from vr.data.check import LISTED, MAX_NEAR_PAIRS, SPLIT_ORDER
+SPLIT_ORDER = ("train", "val", "test")
+MAX_NEAR_PAIRS = 2_000_000  # stop collecting near pairs past this (a set of near-identical images)
+LISTED = 100  # duplicate groups / pairs kept in the JSON report
 
 _BLOCK = 128  # rows of the pairwise distance matrix computed at once (128 x n uint64)
 

@@ -163,13 +163,13 @@ def _geometry_findings(report: dict) -> list[dict]:
         out.append(_f("info", "crop", f"median aspect {aspect:.2f} in {base}/: squash keeps {kept:.0%} of each image "
                                       f"{at} and stretches it {elong:.2f}x{tail}", base))
     else:
-        out.append(_f("info", "crop", f"median aspect {aspect:.2f} in {base}/: pad keeps all of each image; "
-                                      f"{g['pad_share_median']:.0%} of the square is padding", base))
+        out.append(_f("info", "crop", f"median aspect {aspect:.2f} in {base}/: pad keeps {kept:.0%} of each image "
+                                      f"{at}, undistorted; {g['pad_share_median']:.0%} of the square is padding", base))
     b, n = g["aspect_buckets"], g["images"]
     portrait, landscape = (b["<0.5"] + b["0.5-0.8"]) / n, (b["1.25-2"] + b[">=2"]) / n
     if portrait >= 0.2 and landscape >= 0.2:
         out.append(_f("info", "crop", f"{base}/ mixes portrait ({portrait:.0%}) and landscape ({landscape:.0%}) "
-                                      f"images: --crop-mode pad keeps whole images of both", base))
+                                      f"images: --crop-mode pad keeps both undistorted", base))
     small = g["smaller_than_input"] / n
     if small >= 0.5:
         suggest = max(32, int(round(g["short_side"]["median"] / 32)) * 32)

@@ -10,6 +10,7 @@ from vr.data.classes import ClassMap, natural_key
 from vr.data.images import check_image, is_image_file
 from vr.errors import VrError
 from vr.util.console import warn
+from vr.util.paths import display, term
 
 
 @dataclass
@@ -41,29 +42,29 @@ def scan_image_folder(root: str | Path, classes: ClassMap | None = None, verify:
     """
     root = Path(root)
     if not root.is_dir():
-        raise VrError(f"{what} folder not found: {root}")
+        raise VrError(f"{what} folder not found: {display(root)}")
     folders = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
                      key=lambda d: natural_key(d.name))
     if not folders:
-        raise VrError(f"{what} folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+        raise VrError(f"{what} folder {display(root)} has no class sub-folders (expected {display(root)}/<class>/<image>)")
     if classes is None:
         classes = ClassMap.from_folder_names([d.name for d in folders])
     else:
         unknown = [d.name for d in folders if d.name not in classes.names]
         if unknown:
-            shown = ", ".join(repr(u) for u in unknown[:10])
-            raise VrError(f"{what} folder {root} has classes not in {reference}: {shown}")
+            shown = ", ".join(display(repr(u)) for u in unknown[:10])
+            raise VrError(f"{what} folder {display(root)} has classes not in {reference}: {shown}")
     per_class = {d.name: list_images(d) for d in folders}
     empty = [name for name, files in per_class.items() if not files]
     for name in empty:
-        warn(f"class folder {root / name} has no images")
+        warn(f"class folder {term(root / name)} has no images")
     all_paths = [p for files in per_class.values() for p in files]
     bad = _check_all(all_paths) if verify else {}
     for reason in bad.values():
-        warn(f"skipping unreadable image {reason}")
+        warn(f"skipping unreadable image {term(reason)}")
     samples = [(p, classes.index(name)) for name, files in per_class.items() for p in files if p not in bad]
     if not samples:
-        raise VrError(f"{what} folder {root} holds no readable images")
+        raise VrError(f"{what} folder {display(root)} holds no readable images")
     return ScanResult(samples, classes, list(bad.values()), empty)
 
 
@@ -71,11 +72,11 @@ def scan_flat_folder(root: str | Path, verify: bool = True, what: str = "test") 
     """Images directly inside ``root`` (no labels). Returns (readable paths, skip reasons)."""
     root = Path(root)
     if not root.is_dir():
-        raise VrError(f"{what} folder not found: {root}")
+        raise VrError(f"{what} folder not found: {display(root)}")
     paths = list_images(root)
     if not paths:
-        raise VrError(f"{what} folder {root} holds no images")
+        raise VrError(f"{what} folder {display(root)} holds no images")
     bad = _check_all(paths) if verify else {}
     for reason in bad.values():
-        warn(f"skipping unreadable image {reason}")
+        warn(f"skipping unreadable image {term(reason)}")
     return [p for p in paths if p not in bad], list(bad.values())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -22,6 +25,36 @@ class UnreadableImage(Exception):
 # images are checked in threads, where turning it into an error per call let bombs through now
 # and then. The limit is checked explicitly (_refuse_bomb) and the warning silenced.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+# PIL's other warnings (corrupt EXIF, odd palettes, ...) would print as Python's two lines
+# ("…/TiffImagePlugin.py:946: UserWarning: …" and the source line), naming neither vr nor the
+# image. They become one "warning: IMAGE: message" line: the image being read is kept per thread
+# (images are checked in threads and decoded in DataLoader workers).
+_reading = threading.local()
+_show_warning = warnings.showwarning
+
+
+def _pil_warning(message, category, filename, lineno, file=None, line=None):
+    if f"{os.sep}PIL{os.sep}" not in str(filename):
+        return _show_warning(message, category, filename, lineno, file, line)
+    from vr.util.console import warn
+    from vr.util.paths import term
+
+    path = getattr(_reading, "path", None)
+    text = " ".join(str(message).split())
+    warn(f"{term(path)}: {term(text)}" if path is not None else f"PIL: {term(text)}")
+
+
+warnings.showwarning = _pil_warning
+
+
+@contextlib.contextmanager
+def _reading_file(path: Path):
+    previous, _reading.path = getattr(_reading, "path", None), path
+    try:
+        yield
+    finally:
+        _reading.path = previous
 
 
 def _refuse_bomb(path: Path, img: Image.Image) -> None:
@@ -65,7 +98,7 @@ def load_rgb(path: str | Path) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise UnreadableImage(f"{path}: empty file (0 bytes)")
-        with Image.open(path) as img:
+        with _reading_file(path), Image.open(path) as img:
             _refuse_bomb(path, img)
             img.load()
             img = ImageOps.exif_transpose(img)
@@ -84,7 +117,7 @@ def check_image(path: str | Path) -> str | None:
     try:
         if path.stat().st_size == 0:
             return f"{path}: empty file (0 bytes)"
-        with Image.open(path) as img:
+        with _reading_file(path), Image.open(path) as img:
             _refuse_bomb(path, img)
             # draft() makes JPEG decode at 1/8 scale; the whole stream is still read, so
             # truncation is still caught.

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Optional
 
 from vr.config import ConfigBase, check, check_choice, option
+from vr.formats import model_suffixes
+from vr.models.tta import AUTO, TTA_MODES
 from vr.models.ensemble import SPELLING, MemberSpec, expand_members, is_ensemble_spec
 
-TTA_CHOICES = ("none", "flip", "five-crop", "ten-crop")
+TTA_CHOICES = TTA_MODES  # declared once, in vr.models.tta
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
 
 _TTA_HELP = ("Test-time augmentation of a .pt checkpoint: class probabilities averaged over the views "
@@ -21,7 +23,6 @@ DEVICE_HELP = ("auto, cpu, cuda, cuda:N or mps. auto: .pt on CUDA, else MPS, els
 _WORKERS_HELP = "DataLoader worker processes that decode and preprocess images (0: in the main process)."
 _BUDGET_HELP = ("Parameter budget, e.g. 100M, 25.5M or 500K: refuse, before reading any image, a model (an ensemble: "
                 "all its members together) with more parameters.")
-MODEL_SUFFIXES = (".pt", ".pth", ".onnx", ".engine")
 
 
 def _param_budget(cfg):
@@ -30,12 +31,12 @@ def _param_budget(cfg):
     return parse_param_budget(cfg.max_params)
 
 
-def _check_common(cfg) -> None:
+def _check_common(cfg, auto: bool = False) -> None:
     check(cfg.batch_size > 0, f"--batch-size must be positive (got {cfg.batch_size})")
     check(cfg.workers >= 0, f"--workers must be >= 0 (got {cfg.workers})")
     check_choice("device", str(cfg.device).split(":")[0].lower(), DEVICE_KINDS)
     if cfg.tta is not None:
-        check_choice("TTA mode", cfg.tta, TTA_CHOICES)
+        check_choice("TTA mode", cfg.tta, TTA_CHOICES + ((AUTO,) if auto else ()))
 
 
 @dataclass
@@ -52,7 +53,10 @@ class EvalConfig(ConfigBase):
                                         "warning naming each.")
     out: Path = option(Path("runs/eval"), "Report folder: report.json, report.md, report.html, manifest.json, "
                                           "predictions_<model>.csv, confusion_<model>.png/.csv.")
-    tta: Optional[str] = option(None, _TTA_HELP, choices=TTA_CHOICES)
+    tta: Optional[str] = option(None, _TTA_HELP + " auto: each checkpoint is scored with every mode on these images "
+                                "and reported with the best (ties: the fewest views), with the table of all; an "
+                                "optimistic score, since it is chosen on the images it reports.",
+                                choices=TTA_CHOICES + (AUTO,))
     batch_size: int = option(32, "Images per batch.")
     device: str = option("auto", DEVICE_HELP)
     worst_k: int = option(5, "How many of the lowest-F1 classes to list per model.")
@@ -66,7 +70,7 @@ class EvalConfig(ConfigBase):
         check(self.data is not None, "--data is required: the folder of labelled images (DIR/<class>/<image>)")
         check(len(self.models) > 0, "give at least one model file")
         check(self.worst_k >= 0, f"--worst-k must be >= 0 (got {self.worst_k})")
-        _check_common(self)
+        _check_common(self, auto=True)
         for m in self.models:
             expand_members([m])  # the ensemble spelling, checked now
         self.param_budget()
@@ -105,7 +109,7 @@ class SubmitConfig(ConfigBase):
         self.model = list(self.model)
         last = self.model[-1] if self.model else None
         if self.test_dir is None and len(self.model) >= 2 and (
-                Path(last).is_dir() or (Path(last).suffix.lower() not in MODEL_SUFFIXES and not is_ensemble_spec(last))):
+                Path(last).is_dir() or (Path(last).suffix.lower() not in model_suffixes() and not is_ensemble_spec(last))):
             self.test_dir = self.model.pop()  # the older spelling: vr submit MODEL TEST_DIR
         check(len(self.model) > 0, "give a model file")
         check(self.test_dir is not None, "give the folder of test images: vr submit MODEL --test-dir DIR")

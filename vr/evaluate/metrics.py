@@ -1,4 +1,4 @@
-"""Classification metrics over predicted probabilities (scikit-learn), and model agreement.
+"""Classification metrics over predicted probabilities, and model agreement.
 
 Conventions (also in report.md):
 - macro / weighted averages use scikit-learn's default label set: every class that occurs in
@@ -7,6 +7,11 @@ Conventions (also in report.md):
 - the normalised confusion matrix divides each row by its true count (rows sum to 1; a class
   without images is a row of zeros);
 - top-k counts an image as right when its true class is among the k most probable, k = min(5, C).
+
+Precision, recall and F1 are scikit-learn's (``precision_recall_fscore_support(zero_division=0)``),
+computed here with the same float64 arithmetic from the confusion matrix, so the numbers are the
+same to the last bit (tests/test_metrics_exact.py) without importing scikit-learn and SciPy, about
+1.5 s of every `vr eval` (benchmarks/peers.py).
 """
 
 from __future__ import annotations
@@ -38,6 +43,37 @@ def normalise_rows(cm: np.ndarray) -> np.ndarray:
     return np.divide(cm, rows, out=np.zeros(cm.shape, dtype=np.float64), where=rows > 0)
 
 
+def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, c: int) -> np.ndarray:
+    """[C, C] int64 counts, rows the true class, columns the predicted one."""
+    return np.bincount(y_true * c + y_pred, minlength=c * c).reshape(c, c)
+
+
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den in float64, 0 where den is 0 (scikit-learn's _prf_divide with zero_division=0)."""
+    den = np.asarray(den, dtype=np.float64).copy()
+    zero = den == 0
+    den[zero] = 1
+    out = np.asarray(num, dtype=np.float64) / den
+    out[zero] = 0.0
+    return out
+
+
+def precision_recall_f1(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall, F1 and support, as scikit-learn computes them: F1 is
+    2 tp / (2 tp + fn + fp), i.e. (1 + beta^2) tp / (beta^2 true + pred) with beta = 1."""
+    tp = np.diag(cm).astype(np.int64)
+    pred, true = cm.sum(axis=0).astype(np.int64), cm.sum(axis=1).astype(np.int64)
+    f1 = _divide((1 + 1.0) * tp.astype(np.float64), 1.0 * true.astype(np.float64) + pred.astype(np.float64))
+    return _divide(tp, pred), _divide(tp, true), f1, true
+
+
+def _weighted(values: np.ndarray, weights: np.ndarray) -> float:
+    try:
+        return float(np.average(values, weights=weights))
+    except ZeroDivisionError:  # every weight 0: scikit-learn falls back to the plain mean
+        return float(np.average(values))
+
+
 def worst_classes(per_class: dict, cm: np.ndarray, names: Sequence[str], k: int) -> list[dict]:
     """The k classes (with images) of lowest F1; ties by recall, then more images first."""
     index = {n: i for i, n in enumerate(names)}
@@ -58,24 +94,23 @@ def worst_classes(per_class: dict, cm: np.ndarray, names: Sequence[str], k: int)
 def classification_metrics(y_true: Sequence[int], probs: np.ndarray, classes: ClassMap | Sequence[str],
                            worst_k: int = 5) -> dict:
     """All per-model numbers for report.json, from true indices and [N, C] probabilities."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
-
     names = list(classes.names if isinstance(classes, ClassMap) else classes)
     c = len(names)
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs)
     y_pred = probs.argmax(axis=1)
-    mp, mr, mf, _ = precision_recall_fscore_support(y_true, y_pred, average="macro", zero_division=0)
-    _, _, wf, _ = precision_recall_fscore_support(y_true, y_pred, average="weighted", zero_division=0)
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=list(range(c)), average=None,
-                                                 zero_division=0)
-    cm = confusion_matrix(y_true, y_pred, labels=list(range(c)))
+    cm = confusion_counts(y_true, y_pred, c)
+    p, r, f, s = precision_recall_f1(cm)
+    # the averages' label set: every class among the true labels or the predictions
+    present = np.flatnonzero(cm.sum(axis=0) + cm.sum(axis=1) > 0)
+    mp, mr, mf = (float(np.nanmean(v[present])) if present.size else 0.0 for v in (p, r, f))
+    wf = _weighted(f[present], s[present]) if present.size else 0.0
     per_class = {names[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                             "support": int(s[i])} for i in range(c)}
     k = min(5, c)
     return {
         "n_images": int(len(y_true)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
         "top5": top_k_accuracy(y_true, probs, k),
         "top5_k": k,
         "macro_f1": float(mf),

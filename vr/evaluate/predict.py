@@ -37,6 +37,7 @@ def expand_images(items: list[Path]) -> list[Path]:
     """Files as given; folders replaced by their images in natural order. Missing paths are an error."""
     from vr.data.folders import list_images
     from vr.errors import VrError
+    from vr.util.paths import display
 
     out: list[Path] = []
     for p in items:
@@ -44,12 +45,12 @@ def expand_images(items: list[Path]) -> list[Path]:
         if p.is_dir():
             found = list_images(p)
             if not found:
-                raise VrError(f"no images in {p}")
+                raise VrError(f"no images in {display(p)}")
             out += found
         elif p.is_file():
             out.append(p)
         else:
-            raise VrError(f"image not found: {p}")
+            raise VrError(f"image not found: {display(p)}")
     return out
 
 
@@ -65,8 +66,9 @@ def run_predict(cfg: PredictConfig) -> list[dict]:
     """Predict every image, print the top-k per image and return the same as dicts."""
     import typer
 
-    from vr.evaluate.predictors import load_predictor
-    from vr.evaluate.runner import predict_files
+    from vr.runtime.load import load_predictor
+    from vr.runtime.runner import predict_files
+    from vr.util.paths import display
 
     paths = expand_images(cfg.images)
     predictor = load_predictor(cfg.model, device=cfg.device, tta=cfg.tta, batch_size=cfg.batch_size)
@@ -81,9 +83,10 @@ def run_predict(cfg: PredictConfig) -> list[dict]:
         for r in results:
             typer.echo(json.dumps(r))
         return results
-    typer.echo(f"{cfg.model} · {predictor.runtime} ({predictor.provider}) · tta {predictor.tta}", err=True)
-    width = max(len(str(r["image"])) for r in results)
+    # The JSON lines keep names exactly (\udcNN escapes); the table shows a non-UTF-8 name as \xNN.
+    typer.echo(f"{display(cfg.model)} · {predictor.runtime} ({predictor.provider}) · tta {predictor.tta}", err=True)
+    width = max(len(display(r["image"])) for r in results)
     for r in results:
-        top = "  ".join(f"{t['class']} {t['prob']:.4f}" for t in r["top"])
-        typer.echo(f"{r['image']:<{width}}  {top}")
+        top = "  ".join(f"{display(t['class'])} {t['prob']:.4f}" for t in r["top"])
+        typer.echo(f"{display(r['image']):<{width}}  {top}")
     return results

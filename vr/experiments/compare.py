@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from vr.errors import VrError
+from vr.errors import VrError, first_line
+from vr.util import fmt
 from vr.experiments.config import EVAL_REPORT, CompareConfig
 from vr.util.console import info, warn
 from vr.util.io import atomic_write_text, check_writable_dir
@@ -149,7 +150,7 @@ def load_run(path: Path) -> RunInfo:
             cfg = yaml.safe_load(cfg_path.read_text()) or {}
             run.config = cfg if isinstance(cfg, dict) else {}
         except yaml.YAMLError as e:
-            warn(f"cannot parse {cfg_path} ({str(e).splitlines()[0]}); its hyperparameters are left out")
+            warn(f"cannot parse {cfg_path} ({first_line(e)}); its hyperparameters are left out")
     else:
         warn(f"{path} has no config.yaml; its hyperparameters are left out")
     run.params = run_params(path)
@@ -243,9 +244,7 @@ def assign_labels(runs: Sequence[RunInfo], given: list[str] | None) -> None:
 
 # --- tables ------------------------------------------------------------------------------------
 def format_params(n: int | None) -> str:
-    if n is None:
-        return "?"
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+    return fmt.params(n, none="?")
 
 
 def format_seconds(s: float) -> str:
@@ -416,8 +415,14 @@ def compare_runs(run_dirs: Sequence[Path], out: Path, labels: list[str] | None =
     dup = sorted({str(p) for p, q in zip(run_dirs, resolved) if resolved.count(q) > 1})
     if dup:
         raise VrError(f"run folder given more than once: {', '.join(dup)}")
+    from vr.util.paths import check_folder_owner, check_outputs, display
+
+    check_outputs([("--out", out)], [("the run folder", p) for p in run_dirs])  # never over a run's own files
+    check_folder_owner(out, "compare")
     runs = [load_run(Path(p)) for p in run_dirs]
     assign_labels(runs, labels)
+    for r in runs:  # a run folder whose name is not UTF-8: plots, CSV and markdown take text only
+        r.label = display(r.label)
     out = check_writable_dir(out)
 
     files: dict[str, Path] = {}

@@ -140,13 +140,10 @@ def _check_same_run(p: GridPoint) -> None:
         saved = yaml.safe_load(saved_path.read_text()) or {}
     except yaml.YAMLError:
         return
-    now = p.cfg.to_dict()
-    diffs = [k for k in now if k in saved and k not in _RUN_ONLY and saved[k] != now[k]]
-    if saved.get("data") and Path(str(saved["data"])).resolve() != Path(str(now["data"])).resolve():
-        diffs.insert(0, "data")
+    diffs = p.cfg.differences(saved if isinstance(saved, dict) else {}, ignore=_RUN_ONLY)
     if diffs:
-        shown = "; ".join(f"{k}: {saved[k]!r} there, {now[k]!r} now" for k in diffs[:3])
-        raise VrError(f"{p.run_dir} holds a run with other settings ({shown}); delete it or pick another --out")
+        raise VrError(f"{p.run_dir} holds a run with other settings ({'; '.join(diffs[:3])}); delete it or pick "
+                      "another --out")
 
 
 def inspect_state(p: GridPoint) -> None:
@@ -231,9 +228,14 @@ def run(cfg: SweepConfig) -> dict:
     data = Path(points[0].cfg.data)
     if not data.is_dir() and not cfg.dry_run:  # printed commands may be meant for another machine
         raise VrError(f"data folder not found: {data} (the data: of {cfg.config})")
+    out = Path(cfg.out)
+    from vr.util.paths import check_folder_owner, check_outputs
+
+    check_outputs([("--out", out), ("the sweep record", out / "sweep.json")], [("the sweep config", cfg.config)],
+                  [("the data folder", data)])  # before any file is written (inspect_state may write done.json)
+    check_folder_owner(out, "sweep")
     for p in points:
         inspect_state(p)
-    out = Path(cfg.out)
     todo = [p for p in points if p.state != "done"]
 
     if cfg.dry_run:

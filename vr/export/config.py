@@ -7,22 +7,21 @@ from pathlib import Path
 from typing import Optional
 
 from vr.config import ConfigBase, check, check_choice, option
+from vr.formats import PRECISIONS
 from vr.models.ensemble import SPELLING, MemberSpec, expand_members
+from vr.models.tta import AUTO, TTA_MODES
 
-# Kept here (not imported from vr.models.tta / vr.export.onnx) so that building the CLI does not
-# import torch; tests check they agree.
-TTA_MODES = ("none", "flip", "five-crop", "ten-crop")
 MIN_OPSET, MAX_OPSET = 18, 20  # antialiased Resize needs 18; PyTorch's TorchScript exporter stops at 20
 RESIZE_IMPLS = ("resize", "matmul")
 
-G, V, T, E = "Graph", "Parity gate", "TensorRT", "Ensemble and budget"
+G, V, P, T, E = "Graph", "Parity gate", "Precision", "TensorRT", "Ensemble and budget"
 
 
 @dataclass
 class ExportConfig(ConfigBase):
-    checkpoint: list[Path] = option(help=f"A vr checkpoint (.pt) written by vr train. Several (or {SPELLING}) export one soft-voting ensemble: one graph in which every member runs its own preprocessing (size, resize, crop, mean/std), the same --tta views and its backbone, and the members' probabilities are averaged (--weights). Members must share their class names.", argument=True)
+    checkpoint: list[Path] = option(help=f"A vr checkpoint (.pt) written by vr train. Several (or {SPELLING}) export one soft-voting ensemble: one graph in which every member runs its own preprocessing (size, resize, crop, mean/std), the same --tta views and its backbone, and the members' probabilities are averaged (--weights). Members must share their class names. With --trt, an .onnx written by vr export (its TensorRT-ready MODEL.trt.onnx, or any export with --resize-impl matmul) builds an engine on this machine from that graph alone, checked against the golden set it carries.", argument=True)
     out: Optional[Path] = option(None, "Output ONNX file (default: model.onnx beside the checkpoint; ensemble.onnx beside the first checkpoint of an ensemble).", group=G)
-    tta: str = option("none", "Test-time augmentation inside the graph: none; flip (centre crop + mirror); five-crop (centre + 4 corners of the resized image); ten-crop (five-crop + mirrors). Probabilities are averaged over the views.", choices=TTA_MODES, group=G)
+    tta: str = option("none", "Test-time augmentation inside the graph: none; flip (centre crop + mirror); five-crop (centre + 4 corners of the resized image); ten-crop (five-crop + mirrors). Probabilities are averaged over the views. auto: every mode scored (PyTorch) on the gate's labelled images (the checkpoint's val folder or --verify DIR), the best kept (ties: the fewest views), the table printed and stored in the model's metadata (tta_scores).", choices=TTA_MODES + (AUTO,), group=G)
     opset: int = option(18, f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (antialiased Resize needs 18).", group=G)
     static_batch: Optional[int] = option(None, "Fix the batch dimension to N (default: dynamic).", group=G)
     simplify: bool = option(False, "Simplify the graph with onnxslim (pip install onnxslim).", group=G)
@@ -31,11 +30,12 @@ class ExportConfig(ConfigBase):
     verify_count: int = option(200, "At most this many images are used by the parity gate (spread evenly over the folder).", group=V)
     atol: float = option(0.01, "Largest absolute difference in any class probability allowed between PyTorch and the export.", group=V)
     min_agreement: float = option(0.995, "Smallest fraction of images on which PyTorch and the export must pick the same top-1 class (near-ties in PyTorch's output, top two within 1e-3, are not counted as disagreements).", group=V)
-    trt: bool = option(False, "Also build a TensorRT engine (needs a CUDA GPU and TensorRT: pip install tensorrt, or vr's gpu extra).", group=T)
-    fp16: bool = option(True, "TensorRT precision: --fp16 lets TensorRT use half precision in the network; --fp32 keeps float32. Preprocessing always runs in float32.", flag="--fp16/--fp32", group=T)
-    int8: bool = option(False, "TensorRT INT8 with entropy calibration (needs --calib or the checkpoint's train folder).", group=T)
-    calib: Optional[Path] = option(None, "INT8 calibration images: an ImageFolder (a class-balanced sample is drawn) or a flat folder (default: the checkpoint's train folder).", group=T)
-    calib_count: int = option(500, "Number of INT8 calibration images.", group=T)
+    precision: str = option("fp32", "What the backbone computes in, written into the graph: fp32; fp16 or bf16 (weights and activations cast, Casts at its borders); int8 (explicit QuantizeLinear/DequantizeLinear pairs, calibrated on --calib images). Preprocessing, softmax and the TTA mean always stay float32. The variant must pass the parity gate against the fp32 PyTorch pipeline: fp16/bf16 top-1 agreement >= 99.5%, int8 top-1 accuracy within 1 point. A TensorRT engine (--trt) is built strongly typed from this graph.", choices=PRECISIONS, group=P)
+    calib: Optional[Path] = option(None, "INT8 calibration images: an ImageFolder (a class-balanced sample is drawn) or a flat folder (default: the checkpoint's train folder).", group=P)
+    calib_count: int = option(200, "Number of INT8 calibration images.", group=P)
+    golden: Optional[Path] = option(None, "Also embed up to --golden-count real images of this folder in the model's golden set (off by default: they are your data). The golden set (synthetic structured images by default) and PyTorch's probabilities for them let `vr verify MODEL` check the model on any machine, without a dataset.", group=V)
+    golden_count: int = option(4, "Real images taken from --golden.", group=V)
+    trt: bool = option(False, "Also build a TensorRT engine, strongly typed, from the gated TensorRT-ready graph MODEL.trt.onnx (needs a CUDA GPU and TensorRT 10.x/11.x: pip install 'vr[gpu]'). Never verified on a GPU yet.", group=T)
     trt_batch: tuple[int, int, int] = option((1, 1, 8), "TensorRT optimisation profile for the batch: MIN OPT MAX.", group=T)
     trt_size: tuple[int, int, int] = option((32, 512, 2048), "TensorRT optimisation profile for the image height and width in pixels: MIN OPT MAX.", group=T)
     trt_workspace: float = option(4.0, "TensorRT builder workspace limit in GiB.", group=T)
@@ -47,7 +47,7 @@ class ExportConfig(ConfigBase):
         check(len(self.checkpoint) > 0, "give a checkpoint to export")
         self.members()  # the ensemble spelling and --weights, checked now
         self.param_budget()
-        check_choice("TTA mode", self.tta, TTA_MODES)
+        check_choice("TTA mode", self.tta, TTA_MODES + (AUTO,))
         check_choice("resize implementation", self.resize_impl, RESIZE_IMPLS)
         check(MIN_OPSET <= self.opset <= MAX_OPSET,
               f"--opset must be in [{MIN_OPSET}, {MAX_OPSET}] (got {self.opset}): antialiased Resize needs opset 18 "
@@ -58,7 +58,14 @@ class ExportConfig(ConfigBase):
         check(0 <= self.min_agreement <= 1, f"--min-agreement is a fraction in [0, 1] (got {self.min_agreement})")
         check(self.out is None or self.out.suffix.lower() == ".onnx", f"--out must end in .onnx (got {self.out})")
         check(self.calib_count >= 1, f"--calib-count must be >= 1 (got {self.calib_count})")
-        check(self.trt or not (self.int8 or self.calib is not None), "--int8 and --calib need --trt")
+        check(self.golden_count >= 1, f"--golden-count must be >= 1 (got {self.golden_count})")
+        check_choice("precision", self.precision, PRECISIONS)
+        check(self.precision == "int8" or self.calib is None, "--calib is for --precision int8")
+        graphs = [m for m in self.checkpoint if Path(m).suffix.lower() == ".onnx"]
+        if graphs:
+            check(self.trt and len(self.checkpoint) == 1,
+                  f"{graphs[0]} is already exported: vr export takes an .onnx only with --trt, alone, to build "
+                  "a TensorRT engine from it")
         check(self.trt_workspace > 0, "--trt-workspace must be positive")
         for name in ("trt_batch", "trt_size"):
             lo, opt, hi = (int(v) for v in getattr(self, name))
@@ -80,3 +87,12 @@ class ExportConfig(ConfigBase):
         from vr.models.budget import parse_param_budget
 
         return parse_param_budget(self.max_params)
+
+
+@dataclass
+class VerifyConfig(ConfigBase):
+    model: Path = option(help="An .onnx or TensorRT .engine written by vr export: its golden set (images and "
+                              "PyTorch's probabilities, stored in its metadata) is run on this machine, and its "
+                              "graph (or engine) hash checked.", argument=True)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N: where the model runs (an .onnx: ONNX Runtime's "
+                                 "TensorRT, CUDA or CPU provider; an .engine: the GPU).")

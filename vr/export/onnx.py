@@ -41,19 +41,14 @@ from typing import Callable
 
 import numpy as np
 
-from vr.errors import VrError
-from vr.export.config import MAX_OPSET, MIN_OPSET, RESIZE_IMPLS, TTA_MODES
+from vr.errors import VrError, first_line
+from vr.export.config import MAX_OPSET, MIN_OPSET, RESIZE_IMPLS
 from vr.models.preprocess import Preprocess
-from vr.models.tta import num_views
+from vr.models.tta import TTA_MODES, num_views
+from vr.runtime import metadata as vr_meta
+from vr.runtime.metadata import INPUT_CONTRACT, INPUT_NAME, OUTPUT_NAME
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "probs"
 PIL_PRECISION_BITS = 22  # Pillow's Resample.c: 32 - 8 - 2 fractional bits for 8-bit images
-METADATA_KEYS = ("class_names", "preprocess", "tta", "checkpoint_sha256", "vr_version", "opset",
-                 "input", "output", "resize_impl", "resize_pass_order", "param_count")
-ENSEMBLE_METADATA_KEYS = ("members",)  # an ensemble's: checkpoint, sha256, model, preprocess, weight, param_count
-INPUT_CONTRACT = ("uint8 [N, H, W, 3] RGB, N/H/W dynamic; the images of one batch share one size "
-                  "(feed differently sized images one at a time)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,11 +131,29 @@ def _resized_hw(g: _Builder, h: str, w: str, pre: Preprocess) -> tuple[str, str]
     s = g.i64(pre.resize_size)
     if pre.crop_mode == "squash":
         return s, s
+    if pre.crop_mode == "pad":  # the longer side becomes s (h <= w: the width)
+        landscape = g.op("LessOrEqual", h, w)
+        nh = g.op("Where", landscape, g.op("Div", g.op("Mul", s, h), w), s)
+        nw = g.op("Where", landscape, s, g.op("Div", g.op("Mul", s, w), h))
+        return nh, nw
     portrait = g.op("LessOrEqual", w, h)  # w <= h: width becomes s
     # Positive int64 Div truncates == floor(s * long / short), exactly like int(s * h / w).
     nh = g.op("Where", portrait, g.op("Div", g.op("Mul", s, h), w), s)
     nw = g.op("Where", portrait, s, g.op("Div", g.op("Mul", s, w), h))
     return nh, nw
+
+
+def _letterbox(g: _Builder, x: str, nh: str, nw: str, pre: Preprocess) -> str:
+    """[N, 3, nh, nw] -> [N, 3, R, R]: the image on the pad mode's canvas of colour ``pre.fill``,
+    at Preprocess.pad_offsets. Pad fills one constant, so the image is shifted by the fill, padded
+    with 0 and shifted back: exact for the whole numbers 0..255."""
+    r = g.i64(pre.resize_size)
+    top, left = g.op("Div", g.op("Sub", r, nh), g.i64(2)), g.op("Div", g.op("Sub", r, nw), g.i64(2))
+    bottom, right = g.op("Sub", g.op("Sub", r, nh), top), g.op("Sub", g.op("Sub", r, nw), left)
+    zeros = g.i64(0, 0)
+    pads = g.op("Concat", zeros, top, left, zeros, bottom, right, axis=0)
+    fill = g.f32(np.asarray(pre.fill, np.float32).reshape(1, 3, 1, 1), "fill")
+    return g.op("Add", g.op("Pad", g.op("Sub", x, fill), pads, g.f32(0.0), mode="constant"), fill)
 
 
 def _round_u8(g: _Builder, x: str, half_up: bool) -> str:
@@ -156,7 +169,7 @@ def _resize_op(g: _Builder, x: str, sizes: str, interpolation: str) -> str:
                 coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.5, exclude_outside=1)
 
 
-def _nearest_index(g: _Builder, n_in: str, n_out: str, double: bool) -> str:
+def _nearest_index(g: _Builder, n_in: str, n_out: str, double: bool, out_idx: str | None = None) -> str:
     """PIL NEAREST's source indices (Geometry.c, ImagingScaleAffine): with a = n_in / n_out in
     double, x = a / 2 and then x += a per output pixel, index = (int) x. ``double``: rebuilt with
     CumSum in the same order of additions, so the indices are PIL's exactly. Otherwise (runtimes
@@ -170,24 +183,27 @@ def _nearest_index(g: _Builder, n_in: str, n_out: str, double: bool) -> str:
         half = g.op("Mul", a, g.const([0.5], np.float64))
         steps = g.op("Concat", half, g.op("Expand", a, g.op("Sub", n_out, g.i64(1))), axis=0)  # [n_out]
         idx = g.op("Cast", g.op("Floor", g.op("CumSum", steps, g.i64_scalar(0))), to=TensorProto.INT64)
+        if out_idx is not None:  # the sum runs over every output (PIL's order); only the needed ones are kept
+            idx = g.op("Gather", idx, out_idx, axis=0)
     else:
-        i = g.op("Range", g.i64_scalar(0), g.scalar(n_out), g.i64_scalar(1))
+        i = out_idx if out_idx is not None else g.op("Range", g.i64_scalar(0), g.scalar(n_out), g.i64_scalar(1))
         num = g.op("Mul", g.op("Add", g.op("Mul", i, g.i64(2)), g.i64(1)), n_in)
         idx = g.op("Div", num, g.op("Mul", n_out, g.i64(2)))
     return g.op("Min", idx, g.op("Sub", n_in, g.i64(1)))
 
 
-def _pil_weights(g: _Builder, n_in: str, n_out: str, interpolation: str) -> str:
+def _pil_weights(g: _Builder, n_in: str, n_out: str, interpolation: str, out_idx: str | None = None) -> str:
     """PIL's resampling matrix [n_in, n_out] for one axis (Resample.c precompute_coeffs +
-    normalize_coeffs_8bpc), computed in float32 from the runtime sizes."""
+    normalize_coeffs_8bpc), computed in float32 from the runtime sizes; with ``out_idx`` only those
+    output columns [n_in, K] (each column is computed on its own, so they are the same numbers)."""
     from onnx import TensorProto
 
     fin = g.op("Cast", n_in, to=TensorProto.FLOAT)
     fout = g.op("Cast", n_out, to=TensorProto.FLOAT)
     scale = g.op("Div", fin, fout)  # [1]
     i = g.op("Cast", g.op("Range", g.i64_scalar(0), g.scalar(n_in), g.i64_scalar(1)), to=TensorProto.FLOAT)
-    o = g.op("Cast", g.op("Range", g.i64_scalar(0), g.scalar(n_out), g.i64_scalar(1)), to=TensorProto.FLOAT)
-    center = g.op("Mul", g.op("Add", o, g.f32(0.5)), scale)  # [n_out]
+    o = out_idx if out_idx is not None else g.op("Range", g.i64_scalar(0), g.scalar(n_out), g.i64_scalar(1))
+    center = g.op("Mul", g.op("Add", g.op("Cast", o, to=TensorProto.FLOAT), g.f32(0.5)), scale)  # [n_out]
     pos = g.op("Unsqueeze", g.op("Add", i, g.f32(0.5)), g.i64(1))  # [n_in, 1]
     diff = g.op("Sub", pos, g.op("Unsqueeze", center, g.i64(0)))  # [n_in, n_out]
     fscale = g.op("Max", scale, g.f32([1.0]))
@@ -247,13 +263,34 @@ def _matmul_passes(g: _Builder, x: str, ww: str, wht: str, height_first: bool) -
     return rnd(g.op("MatMul", wht, rnd(g.op("MatMul", x, ww))))
 
 
+def _needed_outputs(g: _Builder, n_out: str, size: int, tta: str) -> tuple[str, str]:
+    """The output positions along one axis that the views read, as (int64 [K] indices, K): the
+    centre window [c, c + S) for none/flip, the start, centre and end windows for five/ten-crop.
+    Computing only these keeps the resize's memory linear in the image side (a 1 x 5000 image
+    would otherwise resize to 256 x 1,280,000)."""
+    s = g.i64(size)
+    c = g.op("Div", g.op("Sub", n_out, s), g.i64(2))
+    starts = [c] if tta in ("none", "flip") else [g.i64(0), c, g.op("Sub", n_out, s)]
+    parts = [g.op("Range", g.scalar(st), g.scalar(g.op("Add", st, s)), g.i64_scalar(1)) for st in starts]
+    idx = parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=0)
+    return idx, g.i64(size * len(starts))
+
+
 def _resize(g: _Builder, x: str, h: str, w: str, nh: str, nw: str, n: str, pre: Preprocess, impl: str,
-            height_first_rule: bool) -> str:
-    """x: float NCHW [N, 3, h, w] -> [N, 3, nh, nw] in two rounded 1-D passes, in Pillow's order."""
+            height_first_rule: bool, tta: str = "none") -> tuple[str, str, str]:
+    """x: float NCHW [N, 3, h, w] -> (resized, its height, its width) in two rounded 1-D passes, in
+    Pillow's order. The MatMul and nearest paths compute only the rows and columns the views read
+    (laid out so that the views' offsets, computed from the returned sizes, find them: see
+    _needed_outputs); the ONNX Resize op makes the whole [N, 3, nh, nw]."""
     interp = pre.interpolation
+    compact = impl == "matmul" or interp == "nearest"
+    if compact and pre.crop_mode != "pad":  # pad letterboxes the whole (bounded) resized image
+        (hi, kh), (wi, kw) = _needed_outputs(g, nh, pre.input_size, tta), _needed_outputs(g, nw, pre.input_size, tta)
+    else:
+        (hi, kh), (wi, kw) = (None, nh), (None, nw)
     if interp == "nearest":  # PIL's NEAREST: one affine pass, no filter, no rounding -> two Gathers
-        x = g.op("Gather", x, _nearest_index(g, w, nw, impl == "resize"), axis=3)
-        return g.op("Gather", x, _nearest_index(g, h, nh, impl == "resize"), axis=2)
+        x = g.op("Gather", x, _nearest_index(g, w, nw, impl == "resize", wi), axis=3)
+        return g.op("Gather", x, _nearest_index(g, h, nh, impl == "resize", hi), axis=2), kh, kw
     rule = height_first_rule
     if impl == "resize":
         three = g.i64(3)
@@ -263,16 +300,17 @@ def _resize(g: _Builder, x: str, h: str, w: str, nh: str, nw: str, n: str, pre: 
             mid_h, mid_w = g.op("Where", hf, nh, h), g.op("Where", hf, w, nw)
         x = _round_u8(g, _resize_op(g, x, g.op("Concat", n, three, mid_h, mid_w, axis=0), interp), half_up=False)
         x = _round_u8(g, _resize_op(g, x, g.op("Concat", n, three, nh, nw, axis=0), interp), half_up=False)
-        return x
+        return x, nh, nw
     # matmul: exact PIL weights; x @ Ww resizes the width, Wh^T @ x the height.
-    ww = _pil_weights(g, w, nw, interp)
-    wht = g.op("Transpose", _pil_weights(g, h, nh, interp), perm=[1, 0])
+    ww = _pil_weights(g, w, nw, interp, wi)
+    wht = g.op("Transpose", _pil_weights(g, h, nh, interp, hi), perm=[1, 0])
     if not rule:
-        return _matmul_passes(g, x, ww, wht, False)
+        return _matmul_passes(g, x, ww, wht, False), kh, kw
     # Both orders, then Where: no control flow (If is poorly supported by TensorRT), and both
-    # results are [N, 3, nh, nw]. Costs a second pair of MatMuls, cheap on a GPU.
+    # results have the same shape. Costs a second pair of MatMuls, cheap on a GPU. The order is
+    # decided by the full sizes (nh, nw), as Pillow decides it.
     return g.op("Where", _height_first(g, h, w, nh, nw), _matmul_passes(g, x, ww, wht, True),
-                _matmul_passes(g, x, ww, wht, False))
+                _matmul_passes(g, x, ww, wht, False)), kh, kw
 
 
 def _hflip(g: _Builder, x: str) -> str:
@@ -287,7 +325,7 @@ def preprocess_model(pre: Preprocess, tta: str = "none", *, opset: int = 18, sta
 
     ``normalize=False`` leaves the views in [0, 255] (tests compare them with PIL pixel by pixel).
     ``height_first_rule`` (default: probe the installed Pillow) builds Pillow 13's pass order in.
-    ``prefix`` names the nodes; it must start with "pre/" (TensorRT pins those layers to float32).
+    ``prefix`` names the nodes ("pre/", "pre/m0/" for an ensemble member).
     """
     import onnx
     from onnx import TensorProto, helper
@@ -297,22 +335,26 @@ def preprocess_model(pre: Preprocess, tta: str = "none", *, opset: int = 18, sta
     if resize_impl not in RESIZE_IMPLS:
         raise VrError(f"unknown resize implementation {resize_impl!r}: use one of {', '.join(RESIZE_IMPLS)}")
     g = _Builder(prefix)
-    x = INPUT_NAME
+    # uint8 is read once, by the Cast: TensorRT takes uint8 only at the network input, cast at once.
+    x = g.op("Cast", INPUT_NAME, to=TensorProto.FLOAT)
     shape = g.op("Shape", x)
     n, h, w = g.dim(shape, 0), g.dim(shape, 1), g.dim(shape, 2)
-    # 1. border crop on the raw uint8 NHWC image (cheapest place to cut).
+    # 1. border crop, on NHWC.
     if pre.border_crop > 0:
         bt, bl = _border_amount(g, h, pre.border_crop), _border_amount(g, w, pre.border_crop)
         h2, w2 = g.op("Sub", h, g.op("Mul", bt, g.i64(2))), g.op("Sub", w, g.op("Mul", bl, g.i64(2)))
         x = g.op("Slice", x, g.op("Concat", bt, bl, axis=0),
                  g.op("Concat", g.op("Add", bt, h2), g.op("Add", bl, w2), axis=0), g.i64(1, 2))
         h, w = h2, w2
-    x = g.op("Transpose", g.op("Cast", x, to=TensorProto.FLOAT), perm=[0, 3, 1, 2])  # [N, 3, h, w]
+    x = g.op("Transpose", x, perm=[0, 3, 1, 2])  # [N, 3, h, w]
     # 2. resize (a no-op size is skipped by PIL; in the graph it is an exact identity).
     nh, nw = _resized_hw(g, h, w, pre)
     if height_first_rule is None:
         height_first_rule = pil_height_first()
-    x = _resize(g, x, h, w, nh, nw, n, pre, resize_impl, height_first_rule)
+    x, nh, nw = _resize(g, x, h, w, nh, nw, n, pre, resize_impl, height_first_rule, tta)
+    if pre.crop_mode == "pad":
+        x = _letterbox(g, x, nh, nw, pre)
+        nh = nw = g.i64(pre.resize_size)
     # 3. views.
     s = pre.input_size
     top = g.op("Div", g.op("Sub", nh, g.i64(s)), g.i64(2))
@@ -360,46 +402,51 @@ def preprocess_model(pre: Preprocess, tta: str = "none", *, opset: int = 18, sta
 # ---------------------------------------------------------------------------------------------
 # Backbone
 # ---------------------------------------------------------------------------------------------
-def _backbone_wrapper(model, views: int):
+_LOGITS_NAME = "logits"  # the backbone's output, before the float32 softmax and view mean
+
+
+def _backbone_wrapper(model):
     import torch
     from torch import nn
 
-    class ProbsOverViews(nn.Module):
-        """[N * V, 3, S, S] normalised views -> [N, C] probabilities averaged over the V views."""
+    class Logits(nn.Module):
+        """[M, 3, S, S] normalised views -> [M, C] float32 logits (softmax and the view mean are
+        ONNX nodes of their own, :func:`_postprocess_model`, so that they stay float32 whatever
+        precision the backbone is converted to)."""
 
-        def __init__(self, net: nn.Module, v: int):
+        def __init__(self, net: nn.Module):
             super().__init__()
-            self.net, self.v = net, v
+            self.net = net
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            probs = self.net(x).float().softmax(-1)
-            return probs.reshape(-1, self.v, probs.shape[-1]).mean(1)
+            return self.net(x).float()
 
     # A fresh nn.Module starts in training mode: exporting it like that would run BatchNorm in
     # training mode and overwrite the backbone's running statistics.
-    return ProbsOverViews(model, views).eval()
+    return Logits(model).eval()
 
 
 def backbone_model(model, pre: Preprocess, tta: str, *, opset: int = 18, static_batch: int | None = None):
-    """Export ``model`` (+ softmax and the mean over the views) with the TorchScript exporter."""
+    """Export ``model`` with the TorchScript exporter: ``x`` float32 [N * V, 3, S, S] normalised
+    views -> ``logits`` float32 [N * V, C]."""
     import onnx
     import torch
 
     v = num_views(tta)
     was_training = model.training  # before wrapping: the wrapper's .eval() reaches the backbone
-    wrapper = _backbone_wrapper(model, v)
+    wrapper = _backbone_wrapper(model)
     n = static_batch or 2
     example = torch.zeros(n * v, 3, pre.input_size, pre.input_size)
     buf = io.BytesIO()
-    dynamic = None if static_batch else {"x": {0: "batch_views"}, OUTPUT_NAME: {0: "batch"}}
+    dynamic = None if static_batch else {"x": {0: "batch_views"}, _LOGITS_NAME: {0: "batch_views"}}
     try:
         with torch.no_grad():
             torch.onnx.export(wrapper, (example,), buf, dynamo=False, opset_version=opset,
-                              input_names=["x"], output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
+                              input_names=["x"], output_names=[_LOGITS_NAME], dynamic_axes=dynamic,
                               do_constant_folding=True)
     except Exception as e:
         raise VrError(f"cannot export {type(model).__name__} to ONNX opset {opset}: "
-                      f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+                      f"{type(e).__name__}: {first_line(e)}") from e
     finally:
         model.train(was_training)
     return onnx.load_from_string(buf.getvalue())
@@ -409,63 +456,103 @@ def backbone_model(model, pre: Preprocess, tta: str, *, opset: int = 18, static_
 # The whole model
 # ---------------------------------------------------------------------------------------------
 def build_metadata(ckpt, tta: str, opset: int, resize_impl: str, height_first_rule: bool | None = None,
-                   param_count: int | None = None) -> dict[str, str]:
-    import vr
-    from vr.models.checkpoint import file_sha256
-
-    sha = file_sha256(ckpt.path) if ckpt.path is not None and Path(ckpt.path).is_file() else ""
-    meta = {
-        "class_names": json.dumps(list(ckpt.classes.names)),
-        "preprocess": json.dumps(ckpt.preprocess.to_dict()),
-        "tta": tta,
-        "checkpoint_sha256": sha,
-        "vr_version": vr.__version__,
-        "opset": str(opset),
-        "input": f"{INPUT_NAME}: {INPUT_CONTRACT}",
-        "output": f"{OUTPUT_NAME}: float32 [N, C] softmax probabilities averaged over the TTA views",
-        "resize_impl": resize_impl,
-        "resize_pass_order": ("height first when h - new_h > 2 * (w - new_w), else width first (Pillow >= 13)"
-                              if (pil_height_first() if height_first_rule is None else height_first_rule)
-                              else "width first (Pillow < 13)"),
-    }
-    if param_count is not None:
-        meta["param_count"] = str(int(param_count))
-    return meta
+                   param_count: int | None = None, precision: str = "fp32", detail: dict | None = None) -> dict[str, str]:
+    """One checkpoint's metadata_props (vr.runtime.metadata.build_metadata, as strings)."""
+    rule = pil_height_first() if height_first_rule is None else height_first_rule
+    return vr_meta.encode(vr_meta.build_metadata(ckpt, tta=tta, opset=opset, resize_impl=resize_impl,
+                                                 height_first=rule, param_count=param_count, precision=precision,
+                                                 precision_detail=detail))
 
 
 def build_ensemble_metadata(ckpts, weights, param_counts, tta: str, opset: int, resize_impl: str,
-                            height_first_rule: bool | None = None) -> dict[str, str]:
-    """The first member's keys (its preprocess, its class order: the ensemble's) plus ``members``
-    (checkpoint, sha256, model, preprocess, weight, param_count of each) and the total param_count."""
-    meta = build_metadata(ckpts[0], tta, opset, resize_impl, height_first_rule, param_count=sum(param_counts))
-    members = []
-    for ckpt, w, n in zip(ckpts, weights, param_counts):
-        one = build_metadata(ckpt, tta, opset, resize_impl, height_first_rule)
-        members.append({"checkpoint": str(ckpt.path) if ckpt.path is not None else "", "sha256": one["checkpoint_sha256"],
-                        "model": ckpt.model_name, "preprocess": ckpt.preprocess.to_dict(), "weight": float(w),
-                        "param_count": int(n)})
-    meta["members"] = json.dumps(members)
-    meta["checkpoint_sha256"] = "+".join(m["sha256"] for m in members)
-    meta["output"] = (f"{OUTPUT_NAME}: float32 [N, C] weighted mean over the {len(members)} members (weights in "
-                      f"members) of each member's softmax probabilities averaged over its TTA views")
-    return meta
+                            height_first_rule: bool | None = None, precision: str = "fp32",
+                            detail: dict | None = None) -> dict[str, str]:
+    """An ensemble's metadata_props (vr.runtime.metadata.build_ensemble_metadata, as strings)."""
+    rule = pil_height_first() if height_first_rule is None else height_first_rule
+    return vr_meta.encode(vr_meta.build_ensemble_metadata(ckpts, weights, param_counts, tta=tta, opset=opset,
+                                                          resize_impl=resize_impl, height_first=rule,
+                                                          precision=precision, precision_detail=detail))
+
+
+def _precision_detail(info) -> dict | None:
+    """What the precision conversion did (tool, calibration, layers kept float...), for the metadata."""
+    infos = [info] if isinstance(info, dict) else list(info)
+    if all(i.get("precision", "fp32") == "fp32" for i in infos):
+        return None
+    from vr.export.precision import precision_metadata
+
+    return json.loads(precision_metadata(info).get("precision_detail", "null"))
+
+
+def _postprocess_model(views: int, num_classes: int, opset: int, ir_version: int, prefix: str, output_name: str):
+    """``logits`` [N * V, C] -> softmax -> mean over the V views -> [N, C], all float32 (the same ops
+    the TorchScript exporter wrote for ``softmax(-1)`` and ``reshape(-1, V, C).mean(1)``)."""
+    from onnx import TensorProto, helper
+
+    g = _Builder(prefix)
+    probs = g.op("Softmax", f"{prefix}{_LOGITS_NAME}", axis=-1)
+    per_view = g.op("Reshape", probs, g.i64(-1, views, num_classes))
+    g.nodes.append(helper.make_node("ReduceMean", [per_view, g.i64(1)], [output_name], name=f"{prefix}mean_views",
+                                    keepdims=0))
+    graph = helper.make_graph(
+        g.nodes, "vr_postprocess",
+        [helper.make_tensor_value_info(f"{prefix}{_LOGITS_NAME}", TensorProto.FLOAT, ["batch_views", num_classes])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", num_classes])],
+        initializer=g.initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version,
+                             producer_name="vr")
+
+
+def _default_opset(proto) -> int:
+    return max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _converted_backbone(back, ckpt, precision: str, calib):
+    """The backbone at ``precision`` (:mod:`vr.export.precision`) and what was done."""
+    from vr.export import precision as prec
+
+    prec.check_precision(precision)
+    if precision == "fp32":
+        return back, {"precision": "fp32"}
+    batches, method = None, prec.DEFAULT_CALIB_METHOD
+    if precision == "int8":
+        if calib is None:
+            raise VrError("--precision int8 needs calibration images (--calib DIR)")
+        if not isinstance(calib, prec.Calibration):
+            calib = prec.Calibration(list(calib))
+        batches, method = prec.calibration_batches(calib.images, ckpt.preprocess, calib.batch_size), calib.method
+    return prec.convert_backbone(back, precision, calib_batches=batches, method=method)
 
 
 def _classifier_graph(ckpt, model, tta: str, opset: int, static_batch: int | None, resize_impl: str, rule: bool,
-                      tag: str = ""):
-    """One checkpoint's preprocessing + backbone as a ModelProto: ``images`` -> ``probs`` (a member
-    of an ensemble, ``tag`` "m0/", gets its own names: pre/m0/..., net/m0/..., output net/m0/probs)."""
+                      tag: str = "", precision: str = "fp32", calib=None):
+    """One checkpoint's preprocessing + backbone + softmax and view mean as a ModelProto:
+    ``images`` -> ``probs`` (a member of an ensemble, ``tag`` "m0/", gets its own names:
+    pre/m0/..., net/m0/..., post/m0/..., output post/m0/probs), and the precision ``info``.
+
+    The backbone alone is converted to ``precision`` before the merge (``calib``: images or a
+    :class:`vr.export.precision.Calibration` for int8); pre/ and post/ stay float32 and are built at
+    the backbone's opset (bf16 raises it to 22).
+    """
     from onnx import compose
 
-    front = preprocess_model(ckpt.preprocess, tta, opset=opset, static_batch=static_batch, resize_impl=resize_impl,
-                             height_first_rule=rule, prefix=f"pre/{tag}",
-                             output_name=f"pre/{tag}views" if tag else "views")
     back = backbone_model(model, ckpt.preprocess, tta, opset=opset, static_batch=static_batch)
-    back = compose.add_prefix(back, f"net/{tag}", rename_outputs=bool(tag))
+    back, info = _converted_backbone(back, ckpt, precision, calib)
+    graph_opset = max(opset, _default_opset(back))
+    front = preprocess_model(ckpt.preprocess, tta, opset=graph_opset, static_batch=static_batch,
+                             resize_impl=resize_impl, height_first_rule=rule, prefix=f"pre/{tag}",
+                             output_name=f"pre/{tag}views" if tag else "views")
+    back = compose.add_prefix(back, f"net/{tag}", rename_outputs=True)
     front.ir_version = back.ir_version
-    return compose.merge_models(front, back, io_map=[(front.graph.output[0].name, f"net/{tag}x")], prefix1="",
-                                prefix2="", producer_name="vr", producer_version=_vr_version(), doc_string=(
-                                    f"vr classifier: {INPUT_NAME} {INPUT_CONTRACT} -> {OUTPUT_NAME} [N, C]"))
+    post = _postprocess_model(num_views(tta), ckpt.num_classes, graph_opset, back.ir_version, f"post/{tag}",
+                              f"post/{tag}probs" if tag else OUTPUT_NAME)
+    merged = compose.merge_models(front, back, io_map=[(front.graph.output[0].name, f"net/{tag}x")], prefix1="",
+                                  prefix2="")
+    doc = f"vr classifier: {INPUT_NAME} {INPUT_CONTRACT} -> {OUTPUT_NAME} [N, C]"
+    merged = compose.merge_models(merged, post, io_map=[(f"net/{tag}{_LOGITS_NAME}", f"post/{tag}{_LOGITS_NAME}")],
+                                  prefix1="", prefix2="", producer_name="vr", producer_version=_vr_version(),
+                                  doc_string=doc)
+    return merged, info
 
 
 def _finish(merged, num_classes: int, static_batch: int | None, metadata: dict[str, str]):
@@ -492,7 +579,7 @@ def _finish(merged, num_classes: int, static_batch: int | None, metadata: dict[s
     try:
         onnx.checker.check_model(merged)
     except onnx.checker.ValidationError as e:
-        raise VrError(f"the exported graph is invalid: {str(e).splitlines()[0]}") from e
+        raise VrError(f"the exported graph is invalid: {first_line(e)}") from e
     return merged
 
 
@@ -503,10 +590,12 @@ def _check_graph_args(opset: int, static_batch: int | None) -> None:
 
 
 def build_onnx(ckpt, tta: str = "none", opset: int = 18, static_batch: int | None = None,
-               resize_impl: str = "resize", model=None):
+               resize_impl: str = "resize", model=None, *, precision: str = "fp32", calib=None):
     """The complete ModelProto: preprocessing + TTA + backbone + softmax + view mean, with metadata.
 
     ``model`` (optional) is the torch model to export; by default ``model_from_checkpoint(ckpt)``.
+    ``precision`` converts the backbone (fp32, fp16, bf16, int8: ``calib`` images needed), see
+    :mod:`vr.export.precision`; preprocessing, softmax and the view mean stay float32.
     """
     from vr.models.factory import count_params
 
@@ -516,10 +605,12 @@ def build_onnx(ckpt, tta: str = "none", opset: int = 18, static_batch: int | Non
 
         model = model_from_checkpoint(ckpt)
     rule = pil_height_first()
-    merged = _classifier_graph(ckpt, model, tta, opset, static_batch, resize_impl, rule)
+    merged, info = _classifier_graph(ckpt, model, tta, opset, static_batch, resize_impl, rule, precision=precision,
+                                     calib=calib)
     merged.graph.name = "vr_classifier"
-    return _finish(merged, ckpt.num_classes, static_batch,
-                   build_metadata(ckpt, tta, opset, resize_impl, rule, param_count=count_params(model)))
+    meta = build_metadata(ckpt, tta, _default_opset(merged), resize_impl, rule, param_count=count_params(model),
+                          precision=precision, detail=_precision_detail(info))
+    return _finish(merged, ckpt.num_classes, static_batch, meta)
 
 
 def ensemble_class_order(ckpts) -> list:
@@ -532,7 +623,7 @@ def ensemble_class_order(ckpts) -> list:
 
 
 def build_ensemble_onnx(ckpts, weights=None, tta: str = "none", opset: int = 18, static_batch: int | None = None,
-                        resize_impl: str = "resize", models=None):
+                        resize_impl: str = "resize", models=None, *, precision: str = "fp32", calib=None):
     """One graph for a soft-voting ensemble: the shared ``images`` input feeds every member's own
     preprocessing (its size, resize, crop, mean/std) and TTA views, backbone and softmax; ``probs``
     is ``sum_i w_i * probs_i`` (weights normalised to sum 1; equal by default), in the first
@@ -558,9 +649,11 @@ def build_ensemble_onnx(ckpts, weights=None, tta: str = "none", opset: int = 18,
     rule = pil_height_first()
     g = _Builder("ens/")
     nodes, inits, value_info, functions, opsets = [], [], [], [], []
-    ir_version, terms, graph_input = 0, [], None
+    ir_version, terms, graph_input, infos = 0, [], None, []
     for i, (ckpt, model, order, w) in enumerate(zip(ckpts, models, orders, weights)):
-        m = _classifier_graph(ckpt, model, tta, opset, static_batch, resize_impl, rule, tag=f"m{i}/")
+        m, info = _classifier_graph(ckpt, model, tta, opset, static_batch, resize_impl, rule, tag=f"m{i}/",
+                                    precision=precision, calib=calib)
+        infos.append(info)
         graph_input = graph_input or m.graph.input[0]
         nodes += m.graph.node
         inits += m.graph.initializer
@@ -582,8 +675,10 @@ def build_ensemble_onnx(ckpts, weights=None, tta: str = "none", opset: int = 18,
                                    f"vr ensemble of {len(ckpts)}: {INPUT_NAME} {INPUT_CONTRACT} -> {OUTPUT_NAME} [N, C]"))
     merged.ir_version = ir_version
     counts = [count_params(m) for m in models]
-    return _finish(merged, ckpts[0].num_classes, static_batch,
-                   build_ensemble_metadata(ckpts, weights, counts, tta, opset, resize_impl, rule))
+    graph_opset = max(o.version for o in opsets if o.domain in ("", "ai.onnx"))
+    meta = build_ensemble_metadata(ckpts, weights, counts, tta, graph_opset, resize_impl, rule, precision=precision,
+                                   detail=_precision_detail(infos))
+    return _finish(merged, ckpts[0].num_classes, static_batch, meta)
 
 
 def _vr_version() -> str:
@@ -608,7 +703,7 @@ def simplify_model(model):
     try:
         slim = onnxslim.slim(model)
     except Exception as e:
-        raise VrError(f"onnxslim failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise VrError(f"onnxslim failed: {type(e).__name__}: {first_line(e)}") from e
     from onnx import helper
 
     del slim.metadata_props[:]
@@ -618,11 +713,12 @@ def simplify_model(model):
 
 def export_onnx(ckpt, out: str | Path, tta: str = "none", opset: int = 18, static_batch: int | None = None, *,
                 simplify: bool = False, resize_impl: str = "resize", model=None,
-                before_commit: Callable[[Path], None] | None = None, weights=None) -> Path:
+                before_commit: Callable[[Path], None] | None = None, weights=None, precision: str = "fp32",
+                calib=None) -> Path:
     """Write the classifier to ``out`` atomically and return ``out``.
 
     ``ckpt`` may be a list of checkpoints (``model`` then a list of their models, ``weights`` theirs):
-    one ensemble graph (:func:`build_ensemble_onnx`).
+    one ensemble graph (:func:`build_ensemble_onnx`). ``precision`` / ``calib``: see :func:`build_onnx`.
     ``before_commit(tmp_path)`` runs on the finished temporary file before it is moved into place;
     if it raises (the parity gate), nothing is written and a previous ``out`` stays as it was.
     """
@@ -631,9 +727,10 @@ def export_onnx(ckpt, out: str | Path, tta: str = "none", opset: int = 18, stati
     from vr.util.io import atomic_path
 
     if isinstance(ckpt, (list, tuple)):
-        proto = build_ensemble_onnx(ckpt, weights, tta, opset, static_batch, resize_impl, models=model)
+        proto = build_ensemble_onnx(ckpt, weights, tta, opset, static_batch, resize_impl, models=model,
+                                    precision=precision, calib=calib)
     else:
-        proto = build_onnx(ckpt, tta, opset, static_batch, resize_impl, model=model)
+        proto = build_onnx(ckpt, tta, opset, static_batch, resize_impl, model=model, precision=precision, calib=calib)
     if simplify:
         proto = simplify_model(proto)
     out = Path(out)
@@ -646,39 +743,3 @@ def export_onnx(ckpt, out: str | Path, tta: str = "none", opset: int = 18, stati
         if before_commit is not None:
             before_commit(tmp)
     return out
-
-
-def read_onnx_metadata(path: str | Path) -> dict:
-    """The vr metadata of an exported model, JSON fields decoded: class_names (list), preprocess
-    (dict, Preprocess.from_dict reads it), tta, checkpoint_sha256, vr_version, opset (int),
-    param_count (int), members (list, ensembles only), ..."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise VrError(f"ONNX model not found: {path}")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise VrError(f"cannot read ONNX model {path}: {type(e).__name__}") from e
-    return decode_metadata({p.key: p.value for p in model.metadata_props}, path)
-
-
-def decode_metadata(props: dict[str, str], path: str | Path = "model") -> dict:
-    """Decode the string metadata (ONNX metadata_props, or a TensorRT sidecar) into Python values."""
-    missing = [k for k in ("class_names", "preprocess", "tta") if k not in props]
-    if missing:
-        raise VrError(f"{path} was not exported by vr export (metadata lacks {', '.join(missing)})")
-    meta: dict = dict(props)
-    try:
-        meta["class_names"] = json.loads(props["class_names"])
-        meta["preprocess"] = json.loads(props["preprocess"])
-        if "opset" in props:
-            meta["opset"] = int(props["opset"])
-        if "param_count" in props:
-            meta["param_count"] = int(props["param_count"])
-        if "members" in props:
-            meta["members"] = json.loads(props["members"])
-    except (ValueError, TypeError) as e:
-        raise VrError(f"{path} has damaged vr metadata ({e})") from e
-    return meta

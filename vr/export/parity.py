@@ -1,15 +1,17 @@
 """The parity gate: the exported model must predict what the PyTorch checkpoint predicts.
 
 Both sides see the same decoded images (:func:`vr.data.images.load_rgb`). PyTorch runs the
-checkpoint's eval preprocessing (PIL) and the TTA views of :mod:`vr.models.tta`; the export gets
-each image whole, as uint8 ``[1, H, W, 3]``. The gate compares the class probabilities.
+checkpoint's eval preprocessing (PIL) and the TTA views of :mod:`vr.models.tta`; the export runs
+through its vr.runtime predictor, exactly as `vr eval` and `vr submit` will run it (raw images
+batched by size, or host-resized where that is probed identical). The gate compares the class
+probabilities.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -102,33 +104,47 @@ def folder_images(root: str | Path, classes, count: int, what: str) -> GateImage
     return GateImages(images, names, labels, f"{len(images)} images from {root}")
 
 
+def structured_image(rng: np.random.Generator, w: int, h: int, grid: tuple[int, int], shapes: int, min_div: int,
+                     blur: float, noise: float):
+    """A smooth picture: a low-frequency colour field, ``shapes`` ellipses and rectangles (sides
+    from 1/min_div of the image), a Gaussian blur and Gaussian noise of ``noise`` grey levels, so
+    resampling differences stay natural."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    coarse = rng.integers(0, 256, (*grid, 3), dtype=np.uint8)
+    img = Image.fromarray(coarse, "RGB").resize((w, h), Image.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    for _ in range(shapes):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        x1 = x0 + int(rng.integers(w // min_div + 1, w // 2 + 2))
+        y1 = y0 + int(rng.integers(h // min_div + 1, h // 2 + 2))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
+    img = img.filter(ImageFilter.GaussianBlur(radius=blur))
+    if not noise:
+        return img
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, noise, (h, w, 3))
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8), "RGB")
+
+
+def odd_size(base: int, scale: float, aspect: float) -> tuple[int, int]:
+    """(w, h) with the shorter side ``base * scale`` and the aspect w/h, both sides odd."""
+    short = max(9, int(base * scale) | 1)
+    return (int(short * aspect) | 1, short) if aspect >= 1 else (short, int(short / aspect) | 1)
+
+
 def synthetic_images(pre, n: int = 12, seed: int = 0) -> GateImages:
     """Smooth random pictures of varied sizes and both orientations, some smaller and some much
     larger than the resize size, odd sides included."""
-    from PIL import Image, ImageDraw, ImageFilter
-
     rng = np.random.default_rng(seed)
-    base = pre.resize_size
     # (scale of the shorter side relative to the resize size, aspect w/h)
     shapes = [(0.55, 1.0), (0.8, 0.75), (1.0, 1.33), (1.0, 1.0), (1.35, 0.62), (1.7, 1.5), (2.3, 0.8),
               (3.1, 1.25), (0.9, 2.2), (1.2, 0.45), (4.2, 0.7), (0.65, 1.77)]
     images, names = [], []
     for i in range(n):
-        scale, aspect = shapes[i % len(shapes)]
-        short = max(9, int(base * scale) | 1)  # odd
-        w, h = (int(short * aspect) | 1, short) if aspect >= 1 else (short, int(short / aspect) | 1)
-        # Low-frequency colour field + shapes + mild noise: resampling differences stay natural.
-        coarse = rng.integers(0, 256, (rng.integers(3, 7), rng.integers(3, 7), 3), dtype=np.uint8)
-        img = Image.fromarray(coarse, "RGB").resize((w, h), Image.BICUBIC)
-        draw = ImageDraw.Draw(img)
-        for _ in range(4):
-            x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
-            x1, y1 = x0 + int(rng.integers(w // 8 + 1, w // 2 + 2)), y0 + int(rng.integers(h // 8 + 1, h // 2 + 2))
-            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
-        img = img.filter(ImageFilter.GaussianBlur(radius=max(0.6, short / 150)))
-        arr = np.asarray(img, dtype=np.float32) + rng.normal(0, 4, (h, w, 3))
-        images.append(Image.fromarray(arr.clip(0, 255).astype(np.uint8), "RGB"))
+        w, h = odd_size(pre.resize_size, *shapes[i % len(shapes)])
+        grid = (int(rng.integers(3, 7)), int(rng.integers(3, 7)))
+        images.append(structured_image(rng, w, h, grid, 4, 8, max(0.6, min(w, h) / 150), 4.0))
         names.append(f"generated_{i}_{w}x{h}")
     return GateImages(images, names, None, f"{n} generated images (no --verify folder and no val folder)")
 
@@ -181,43 +197,33 @@ def ensemble_torch_probs(models: Sequence, pres: Sequence, weights: Sequence[flo
     return total.astype(np.float32)
 
 
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session (the gate's runtime: the same graph as any other provider)."""
-    import onnxruntime as ort
+@dataclass(frozen=True)
+class GateBars:
+    """What an export must meet. ``atol``: the largest |Δp| (None: unbounded, INT8); ``max_drop``:
+    the most top-1 accuracy may fall (INT8; without labels the agreement must then be at least
+    1 - max_drop, which bounds the accuracy change as tightly)."""
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise VrError(f"ONNX Runtime cannot load {path}: {str(e).strip().splitlines()[0]}") from e
+    atol: float | None
+    min_agreement: float
+    max_drop: float | None = None
 
 
-def onnx_runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
-    sess = onnx_session(path)
-    name = sess.get_inputs()[0].name
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        return sess.run(None, {name: batch})[0]
-
-    return run
+FP16_ATOL = 0.05  # half precision moves probabilities more than the preprocessing does
+INT8_MAX_DROP = 0.01
 
 
-def runtime_probs(run: Callable[[np.ndarray], np.ndarray], images: Sequence, static_batch: int | None = None) -> np.ndarray:
-    """Feed each image whole as uint8 [1, H, W, 3] (repeated to fill a static batch)."""
-    out = []
-    for img in images:
-        a = np.ascontiguousarray(np.asarray(img, dtype=np.uint8))[None]
-        if static_batch and static_batch > 1:
-            a = np.repeat(a, static_batch, axis=0)
-        out.append(np.asarray(run(a), dtype=np.float32)[0])
-    return np.stack(out)
+def gate_bars(precision: str, atol: float, min_agreement: float) -> GateBars:
+    """fp32: --atol and --min-agreement; fp16/bf16: top-1 agreement >= min(--min-agreement, 99.5%)
+    and |Δp| <= max(--atol, FP16_ATOL); int8: top-1 accuracy within 1 point of PyTorch's."""
+    if precision in ("fp16", "bf16"):
+        return GateBars(max(atol, FP16_ATOL), min(min_agreement, 0.995))
+    if precision == "int8":
+        return GateBars(None, 0.0, INT8_MAX_DROP)
+    return GateBars(atol, min_agreement)
 
 
 def compare(ref: np.ndarray, got: np.ndarray, names: Sequence[str], labels: Sequence[int] | None,
-            atol: float, min_agreement: float) -> ParityResult:
+            atol: float | None, min_agreement: float, max_drop: float | None = None) -> ParityResult:
     if ref.shape != got.shape:
         r = ParityResult(len(names), 0, 0, float("inf"), float("inf"), "-")
         r.failures.append(f"output shape {tuple(got.shape)} differs from PyTorch's {tuple(ref.shape)}")
@@ -238,10 +244,19 @@ def compare(ref: np.ndarray, got: np.ndarray, names: Sequence[str], labels: Sequ
     if labels is not None:
         lab = np.asarray(labels)
         r.torch_correct, r.export_correct = int((a_ref == lab).sum()), int((a_got == lab).sum())
-    if not r.max_abs_diff <= atol:
+    if atol is not None and not r.max_abs_diff <= atol:
         r.failures.append(f"max probability difference {r.max_abs_diff:.4g} > --atol {atol:g} (worst: {Path(r.worst).name})")
     if r.agreement < min_agreement:
         r.failures.append(f"top-1 agreement {r.agreement:.2%} < --min-agreement {min_agreement:.2%}")
+    if max_drop is not None:
+        if r.torch_correct is not None:
+            drop = (r.torch_correct - r.export_correct) / r.n
+            if drop > max_drop + 1e-12:
+                r.failures.append(f"top-1 accuracy {r.export_correct / r.n:.2%} is {100 * drop:.2f} points below "
+                                  f"PyTorch's {r.torch_correct / r.n:.2%} (at most {100 * max_drop:g} allowed)")
+        elif r.agreement < 1 - max_drop:
+            r.failures.append(f"top-1 agreement {r.agreement:.2%} < {1 - max_drop:.0%} (no labels to measure the "
+                              f"accuracy drop, which this bounds to {100 * max_drop:g} point)")
     return r
 
 
@@ -264,11 +279,32 @@ def print_result(r: ParityResult, what: str, source: str) -> None:
     console.print(t)
 
 
-def check_parity(run: Callable[[np.ndarray], np.ndarray], ref: np.ndarray, gate: GateImages, what: str,
-                 atol: float, min_agreement: float, static_batch: int | None = None) -> ParityResult:
-    """Run ``run`` on the gate images, compare with ``ref``, print the table; VrError on failure."""
-    got = runtime_probs(run, gate.images, static_batch)
-    r = compare(ref, got, gate.names, gate.labels, atol, min_agreement)
+def cpu_predictor(path: Path, precision: str, scratch: Path):
+    """The ONNX Runtime CPU predictor of a temporary graph, and what it is in words. A precision
+    ONNX Runtime cannot execute on the CPU (bf16) runs as its fp32 emulation (vr.export.precision:
+    the same weights, every low-precision tensor rounded at each op boundary), said so: the gate then
+    measures the precision's rounding, not TensorRT's accumulation."""
+    from vr.export.precision import emulated_for_gate, runnable_on_ort_cpu
+    from vr.runtime.load import load_predictor
+    from vr.runtime.metadata import read_metadata
+
+    if runnable_on_ort_cpu(precision):
+        return load_predictor(path, device="cpu", runtime="onnxruntime"), "ONNX Runtime (CPU)"
+    import onnx
+
+    emulated = scratch / f"emulated.{precision}.onnx"
+    onnx.save(emulated_for_gate(onnx.load(str(path)), precision), str(emulated))
+    return (load_predictor(emulated, device="cpu", runtime="onnxruntime", metadata=read_metadata(path)),
+            f"ONNX Runtime (CPU) on the {precision} graph emulated in fp32 (no {precision} CPU kernels)")
+
+
+def check_parity(predictor, ref: np.ndarray, gate: GateImages, what: str, bars: GateBars) -> ParityResult:
+    """Score the gate images with ``predictor`` (vr.runtime: the same code eval and submit run),
+    compare with ``ref``, print the table; VrError on failure."""
+    from vr.runtime.base import check_finite
+
+    got = check_finite(predictor.predict(gate.images), predictor.path, gate.names)
+    r = compare(ref, got, gate.names, gate.labels, bars.atol, bars.min_agreement, bars.max_drop)
     print_result(r, what, gate.source)
     if not r.passed:
         raise VrError(f"parity gate failed for {what}: {'; '.join(r.failures)}. Nothing was written.")

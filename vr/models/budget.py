@@ -6,7 +6,7 @@ import re
 from typing import Iterable, Optional
 
 from vr.errors import VrError
-from vr.models.factory import format_params
+from vr.util.fmt import params as format_params
 
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}
 

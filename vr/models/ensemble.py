@@ -102,8 +102,12 @@ def expand_members(specs: Sequence[str | Path], weights: str | Sequence[float] |
 def normalised_weights(members: Sequence[MemberSpec]) -> list[float]:
     """The members' weights scaled to sum 1 (equal shares when none are given)."""
     raw = [1.0 if m.weight is None else float(m.weight) for m in members]
-    total = sum(raw)
-    return [w / total for w in raw]
+    top = max(raw)
+    if not (math.isfinite(top) and top > 0 and all(math.isfinite(w) and w > 0 for w in raw)):
+        raise VrError(f"ensemble weights must be positive finite numbers (got {', '.join(f'{w:g}' for w in raw)})")
+    scaled = [w / top for w in raw]  # 1e308 + 1e308 would overflow to inf and every weight to 0
+    total = sum(scaled)
+    return [w / total for w in scaled]
 
 
 def class_order(named: Sequence[tuple[str, Sequence[str]]]) -> list[Optional[list[int]]]:

@@ -33,10 +33,6 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def format_params(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
-
-
 def model_from_checkpoint(ckpt) -> nn.Module:
     """The checkpoint's architecture with its weights loaded, in eval mode."""
     model = create_model(ckpt.model_name, ckpt.num_classes, ckpt.drop_rate)

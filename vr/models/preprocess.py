@@ -8,6 +8,10 @@ Geometry, in order, for an image of height H and width W:
    - ``crop_mode="center"``: the shorter side becomes ``resize_size`` and the longer side
      ``floor(resize_size * long / short)``;
    - ``crop_mode="squash"``: the image becomes ``resize_size`` x ``resize_size``;
+   - ``crop_mode="pad"`` (letterbox): the longer side becomes ``resize_size`` and the shorter
+     ``floor(resize_size * short / long)``; the image is pasted on a ``resize_size`` square canvas
+     filled with ``fill = round(255 * mean)`` (so padding normalises to about 0) at
+     ``floor((resize_size - side) / 2)``. Nothing of the image is lost and its aspect is kept;
 3. centre crop ``input_size`` x ``input_size`` at offset ``floor((side - input_size) / 2)``;
 4. scale to [0, 1], subtract ``mean`` and divide by ``std`` per channel.
 
@@ -19,15 +23,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from vr.errors import VrError
 
+if TYPE_CHECKING:  # torch is imported where tensors are made: graphs (ONNX, TensorRT) are run without it
+    import torch
+
 INTERPOLATIONS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
-CROP_MODES = ("center", "squash")
+CROP_MODES = ("center", "squash", "pad")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -75,19 +82,37 @@ class Preprocess:
         return bl, bt, w - bl, h - bt
 
     def resized_hw(self, h: int, w: int) -> tuple[int, int]:
-        if self.crop_mode == "squash":
-            return self.resize_size, self.resize_size
+        """The size step 2 resizes an h x w image to (before a pad mode's canvas)."""
         s = self.resize_size
+        if self.crop_mode == "squash":
+            return s, s
+        if self.crop_mode == "pad":
+            return (int(s * h / w), s) if h <= w else (s, int(s * w / h))
         if w <= h:
             return int(s * h / w), s
         return s, int(s * w / h)
+
+    def canvas_hw(self, h: int, w: int) -> tuple[int, int]:
+        """The size of the image the views are cut from (step 2's output): the pad mode's square."""
+        if self.crop_mode == "pad":
+            return self.resize_size, self.resize_size
+        return self.resized_hw(h, w)
+
+    @property
+    def fill(self) -> tuple[int, int, int]:
+        """The pad mode's canvas colour: the normalisation mean in 0..255."""
+        return tuple(int(round(255.0 * m)) for m in self.mean)
+
+    def pad_offsets(self, nh: int, nw: int) -> tuple[int, int]:
+        """(top, left) of a resized nh x nw image on the pad mode's canvas."""
+        return (self.resize_size - nh) // 2, (self.resize_size - nw) // 2
 
     def crop_offsets(self, h: int, w: int) -> tuple[int, int]:
         """(top, left) of the centre crop inside an h x w resized image."""
         return (h - self.input_size) // 2, (w - self.input_size) // 2
 
     def resized(self, img: Image.Image) -> Image.Image:
-        """Steps 1-2: border crop and resize (the image five/ten-crop TTA views are cut from)."""
+        """Steps 1-2: border crop, resize (and the pad mode's canvas): the image the TTA views are cut from."""
         w, h = img.size
         box = self.border_box(h, w)
         if box != (0, 0, w, h):
@@ -96,6 +121,11 @@ class Preprocess:
         nh, nw = self.resized_hw(h, w)
         if (nh, nw) != (h, w):
             img = img.resize((nw, nh), INTERPOLATIONS[self.interpolation])
+        if self.crop_mode == "pad" and (nh, nw) != (self.resize_size, self.resize_size):
+            canvas = Image.new("RGB", (self.resize_size, self.resize_size), self.fill)
+            top, left = self.pad_offsets(nh, nw)
+            canvas.paste(img, (left, top))
+            img = canvas
         return img
 
     def geometry(self, img: Image.Image) -> Image.Image:
@@ -106,12 +136,16 @@ class Preprocess:
 
     def to_uint8(self, img: Image.Image, crop: bool = True) -> torch.Tensor:
         """HWC uint8 -> CHW uint8 tensor after geometry (or only resize when crop=False)."""
+        import torch
+
         out = self.geometry(img) if crop else self.resized(img)
         return torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     # --- tensors -------------------------------------------------------------------------
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 or [0,255] float NCHW/CHW -> normalised float32."""
+        import torch
+
         mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(-1, 1, 1) * 255.0
         std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(-1, 1, 1) * 255.0
         return (x.float() - mean) / std

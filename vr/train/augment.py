@@ -60,6 +60,8 @@ def build_train_transform(pre: Preprocess, preset: str = "light", **overrides) -
         pre_steps = [BorderCrop(pre)]
     else:
         pre_steps = [pre.geometry]  # border crop + resize + centre crop, exactly as at eval
+    if pre.crop_mode == "pad" and p["geometry"] != "center":
+        pre_steps = [pre.resized]  # letterboxed as at eval (border crop, canvas), then cropped at random
     if p["hflip"] > 0:
         steps.append(T.RandomHorizontalFlip(p["hflip"]))
     if p["vflip"] > 0:

@@ -30,7 +30,7 @@ class TrainConfig(ConfigBase):
     interpolation: Optional[str] = option(None, "Resize interpolation (default: the model's).", choices=("bilinear", "bicubic", "nearest"), group=M)
     mean: Optional[tuple[float, float, float]] = option(None, "Normalisation mean, three values (default: the model's, or the weights file's).", group=M)
     std: Optional[tuple[float, float, float]] = option(None, "Normalisation std, three values (default: the model's, or the weights file's).", group=M)
-    crop_mode: str = option("center", "center: shorter side to resize size then centre crop; squash: resize to a square, ignoring aspect.", choices=("center", "squash"), group=M)
+    crop_mode: str = option("center", "center: shorter side to the resize size, then the centre crop (keeps the middle of wide or tall images); squash: resize to a square, ignoring the aspect; pad: letterbox, the longer side to the resize size on a square canvas of the mean colour, then the centre crop (keeps the whole image undistorted). vr data check says which fits your images.", choices=("center", "squash", "pad"), group=M)
     border_crop: float = option(0.0, "Fraction trimmed from each side of every image before resizing (train and eval).", group=M)
     init_from: Optional[Path] = option(None, "Start a NEW run from the weights of a vr checkpoint (another run's best.pt or last.pt), e.g. to fine-tune at a larger --img-size. Not a resume: fresh optimizer and schedule, epoch 1. The --model and the class list must match the checkpoint's; its mean/std are kept unless --mean/--std are given; --pretrained is ignored.", group=M)
     max_params: Optional[str] = option(None, "Parameter budget, e.g. 100M, 25.5M, 500K: refuse to train a larger model (default: no limit).", group=M)
@@ -51,12 +51,12 @@ class TrainConfig(ConfigBase):
     clip_grad: Optional[float] = option(None, "Clip the global gradient norm to this value (default: no clipping).", group=O)
     patience: int = option(0, "Early stopping: stop after this many epochs without a higher val accuracy (0 = off).", group=O)
     backbone_lr_mult: float = option(1.0, "Learning rate of everything but the classifier head, as a multiple of --lr (e.g. 0.1 to fine-tune pretrained weights gently); the head gets --lr. The schedule scales both; metrics.csv logs the head lr (lr) and, when this is not 1, backbone_lr.", group=O)
-    freeze_epochs: int = option(0, "Train only the classifier head for the first N epochs (backbone frozen, its BatchNorm statistics fixed), then everything. N >= --epochs trains the head alone (a linear probe), with a warning.", group=O)
+    freeze_epochs: Optional[int] = option(None, "Train only the classifier head for the first N epochs (backbone frozen, its BatchNorm statistics fixed), then everything. N >= --epochs trains the head alone (a linear probe), with a warning. Default: 1 epoch of head warm-up when fine-tuning from --pretrained weights for 2 epochs or more, else 0 (the value used is saved in config.yaml).", group=O)
     # --- regularisation
     drop_rate: float = option(0.0, "Dropout before the classifier (the seed reports used 0.5).", group=R)
     label_smoothing: float = option(0.1, "Label smoothing for the cross-entropy loss.", group=R)
     ema: bool = option(False, "Keep an exponential moving average (EMA) of the weights. When on, validation, metrics.csv's val columns, best.pt and the --save-top-k files use the EMA weights; last.pt holds the training weights plus the EMA for --resume.", group=R)
-    ema_decay: float = option(0.9998, "EMA decay per optimizer step: the ceiling when --ema-warmup is on.", group=R)
+    ema_decay: Optional[float] = option(None, "EMA decay per optimizer step (the ceiling when --ema-warmup is on). Default: from the run's length, 1 - 1 / (0.2 x optimizer steps) within [0.9, 0.9998], so the average spans about the last fifth of the run (a short fine-tune must not average mostly its first steps); the value used is saved in config.yaml.", group=R)
     ema_warmup: bool = option(True, "Ramp the EMA decay up as 1 - (1 + step)^(-2/3), capped at --ema-decay, so the average follows the weights early on and short fine-tunes (a few hundred steps) still get a useful EMA.", group=R)
     # --- loss & class balance
     loss: str = option("ce", "Training loss: ce (cross-entropy) or focal (cross-entropy scaled by (1 - p)^gamma per class, which down-weights easy examples). Both take --label-smoothing, class weights and mixed targets; at --focal-gamma 0 focal equals ce. Val loss is always plain cross-entropy with --label-smoothing, so runs compare.", choices=LOSSES, group=L)
@@ -91,6 +91,7 @@ class TrainConfig(ConfigBase):
     save_top_k: int = option(0, "Also keep the k best checkpoints by val accuracy as epochNNN.pt, besides best.pt (0 = off).", group=X)
     tensorboard: bool = option(True, "Write TensorBoard event files.", group=X)
     verify_images: bool = option(True, "Decode every image once before training and skip unreadable ones.", group=X)
+    data_check: bool = option(True, "Before a new run trains, check the data as `vr data check` does (class balance, what the eval crop keeps of your images, duplicates across train/val, odd image modes), print the findings that call for a flag and save RUN/data_check.json.", group=X)
 
     def __post_init__(self):
         check(self.epochs > 0, f"--epochs must be positive (got {self.epochs})")
@@ -115,7 +116,7 @@ class TrainConfig(ConfigBase):
         check(self.clip_grad is None or self.clip_grad > 0, f"--clip-grad must be positive (got {self.clip_grad})")
         check(self.patience >= 0, f"--patience must be >= 0 (got {self.patience})")
         check(self.save_top_k >= 0, f"--save-top-k must be >= 0 (got {self.save_top_k})")
-        check(0 < self.ema_decay < 1, f"--ema-decay must be in (0, 1) (got {self.ema_decay})")
+        check(self.ema_decay is None or 0 < self.ema_decay < 1, f"--ema-decay must be in (0, 1) (got {self.ema_decay})")
         check(self.nproc_per_node >= 1, f"--nproc-per-node must be >= 1 (got {self.nproc_per_node})")
         check_choice("--balance", self.balance, BALANCE)
         check_choice("--loss", self.loss, LOSSES)
@@ -126,7 +127,8 @@ class TrainConfig(ConfigBase):
         check(0 <= self.mix_switch_prob <= 1, f"--mix-switch-prob is a probability in [0, 1] (got {self.mix_switch_prob})")
         check(self.mix_off_epochs >= 0, f"--mix-off-epochs must be >= 0 (got {self.mix_off_epochs})")
         check(self.backbone_lr_mult > 0, f"--backbone-lr-mult must be positive (got {self.backbone_lr_mult})")
-        check(self.freeze_epochs >= 0, f"--freeze-epochs must be >= 0 (got {self.freeze_epochs})")
+        check(self.freeze_epochs is None or self.freeze_epochs >= 0,
+              f"--freeze-epochs must be >= 0 (got {self.freeze_epochs})")
         if self.max_params is not None:
             from vr.models.budget import parse_param_budget
 
@@ -134,3 +136,37 @@ class TrainConfig(ConfigBase):
         for name in ("hflip", "vflip", "blur", "random_erasing"):
             v = getattr(self, name)
             check(v is None or 0 <= v <= 1, f"--{name.replace('_', '-')} is a probability in [0, 1]")
+
+    def resolved(self, steps_per_epoch: int) -> "TrainConfig":
+        """The config with its run-dependent defaults made concrete (what config.yaml records):
+        the head warm-up of a fine-tune, and the EMA decay from the number of optimizer steps."""
+        import math
+
+        freeze = self.freeze_epochs
+        if freeze is None:
+            freeze = 1 if self.pretrained and not self.init_from and self.epochs >= 2 else 0
+        decay = self.ema_decay
+        if decay is None:
+            steps = math.ceil(steps_per_epoch / self.accum_steps) * self.epochs
+            decay = round(min(0.9998, max(0.9, 1.0 - 1.0 / (0.2 * max(steps, 1)))), 6)
+        return self.replace(freeze_epochs=freeze, ema_decay=decay)
+
+    def differences(self, saved: dict, ignore: frozenset = frozenset()) -> list[str]:
+        """The settings (as "name: saved there, now here") on which a run folder's config.yaml and
+        this config describe different runs; the data folder is compared as a resolved path, the
+        output-only settings (and ``ignore``) are left out. config.yaml records the run-dependent
+        defaults resolved (``resolved``); one that depends on the number of batches is left out too
+        (the data and the other settings decide it)."""
+        few, many = self.resolved(1).to_dict(), self.resolved(10**6).to_dict()
+        now = {k: v for k, v in few.items() if v == many[k]}
+        skip = OUTPUT_ONLY | ignore | {"data"}
+        diffs = [f"{k}: {saved[k]!r} there, {now[k]!r} now" for k in now
+                 if k in saved and k not in skip and saved[k] != now[k]]
+        if saved.get("data") and Path(str(saved["data"])).resolve() != Path(self.data).resolve():
+            diffs.insert(0, f"data: {saved['data']} there, {Path(self.data).resolve()} now")
+        return diffs
+
+
+# Settings that change where and how a run writes, not what it trains.
+OUTPUT_ONLY = frozenset({"out", "resume", "nproc_per_node", "workers", "tensorboard", "verify_images", "data_check",
+                         "save_top_k", "max_params"})

@@ -1,6 +1,7 @@
-"""Multi-process training plumbing: torchrun's environment, process groups, reductions, the
-unpadded validation shard, Ctrl-C handling shared by all ranks, and the ``--nproc-per-node``
-launcher (``vr train`` re-running itself through ``python -m torch.distributed.run``).
+"""Multi-process training plumbing: torchrun's environment (and its elastic restarts), process
+groups, reductions, the unpadded validation shard, Ctrl-C / SIGTERM handling shared by all ranks,
+and the ``--nproc-per-node`` launcher (``vr train`` re-running itself through
+``python -m torch.distributed.run``).
 
 A process is distributed when torchrun started it (``LOCAL_RANK``/``WORLD_SIZE`` set) with a world
 size above one. Everything here degrades to plain single-process behaviour otherwise, so the
@@ -39,6 +40,17 @@ class AgreedError(VrError):
 
 def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted the worker group (``--max-restarts``); 0 outside
+    torchrun and on the first attempt."""
+    if not under_torchrun():
+        return 0
+    try:
+        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
 
 
 def launched_by_vr() -> bool:
@@ -146,6 +158,20 @@ def resolve_dist_device(device: str, local_rank: int) -> str:
     return "cpu"
 
 
+def _init_process_group(ctx: DistContext) -> None:
+    """Join torchrun's group. After a restart (--max-restarts) the group's keys go under a prefix
+    of this attempt's: torchrun's agent keeps one store for every attempt, and a restarted rank
+    could otherwise read the addresses the dead group left there (gloo then connects to a dead
+    process, or waits for ever)."""
+    attempt = restart_count()
+    if attempt == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend=ctx.backend)
+        return
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+    dist.init_process_group(backend=ctx.backend, store=dist.PrefixStore(f"vr/attempt_{attempt}", store),
+                            rank=ctx.rank, world_size=ctx.world_size)
+
+
 def setup(device: str) -> tuple[DistContext, str]:
     """Join torchrun's process group (NCCL on GPU, gloo on CPU); silence consoles off rank 0.
 
@@ -163,7 +189,7 @@ def setup(device: str) -> tuple[DistContext, str]:
     else:
         ctx.backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=ctx.backend)
+        _init_process_group(ctx)
     # Control messages (flags, errors, small objects) ride on gloo so they never touch the GPU.
     ctx.ctrl_group = dist.new_group(backend="gloo") if ctx.backend != "gloo" else None
     if not ctx.is_main:
@@ -212,38 +238,64 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.n, self.world_size))
 
 
+# The signals that stop training gracefully: Ctrl-C, and SIGTERM, which schedulers send before
+# preempting and torchrun sends its workers when it shuts them down.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def signal_exit_code(signum: int | None) -> int:
+    """The shell's status for a process stopped by ``signum``: 130 for SIGINT, 143 for SIGTERM."""
+    return 128 + int(signum or signal.SIGINT)
+
+
 class GracefulInterrupt:
-    """First Ctrl-C: ask the loop to stop at the next step boundary (all ranks stop together and
-    the last completed epoch stays in last.pt). Second Ctrl-C: KeyboardInterrupt right away."""
+    """First Ctrl-C or SIGTERM: ask the loop to stop at the next step boundary (all ranks stop
+    together and the last completed epoch stays in last.pt). A second one: KeyboardInterrupt
+    right away. ``exit_code`` follows the first signal (130 if the stop came from another rank)."""
 
     def __init__(self):
         self.count = 0
-        self._old = None
+        self.signum: int | None = None
+        self._old: dict = {}
 
     @property
     def requested(self) -> bool:
         return self.count > 0
 
+    @property
+    def exit_code(self) -> int:
+        return signal_exit_code(self.signum)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
     def _handler(self, signum, frame):
         self.count += 1
+        self.signum = self.signum or signum
         if self.count >= 2:
             raise KeyboardInterrupt
 
     def __enter__(self) -> "GracefulInterrupt":
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
+            self._old = {s: signal.signal(s, self._handler) for s in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
 
 
-def ignore_sigint_in_worker(_worker_id: int) -> None:
-    """DataLoader worker_init_fn: Ctrl-C is for the training process, which stops the loader
-    itself; a worker dying on SIGINT would break the graceful stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def ignore_stop_signals_in_worker(_worker_id: int) -> None:
+    """DataLoader worker_init_fn: Ctrl-C and SIGTERM are for the training process, which stops
+    the loader itself; a worker dying on them (torchrun signals each worker's whole process group)
+    would break the graceful stop. A worker still exits when the training process is gone."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+ignore_sigint_in_worker = ignore_stop_signals_in_worker  # the name vr.train.data uses
 
 
 # --- the `vr train --nproc-per-node N` launcher ----------------------------------------------
@@ -283,9 +335,10 @@ def _worker_pids(d: Path) -> list[int]:
 def launch(cfg) -> int:
     """Run ``cfg`` as ``nproc_per_node`` DDP processes under torchrun; return the exit code.
 
-    Ctrl-C reaches the launcher only (torchrun runs in a session of its own) and is passed to
-    each worker, which stop together after the current step; rank 0 prints the resume line. A
-    second Ctrl-C stops the workers at once, a third kills them.
+    Ctrl-C and SIGTERM reach the launcher only (torchrun runs in a session of its own) and are
+    passed to each worker, which stop together after the current step; rank 0 prints the resume
+    line and the launcher exits 130 (Ctrl-C) or 143 (SIGTERM). A second signal stops the workers
+    at once, a third kills them.
     """
     nproc = cfg.nproc_per_node
     cmd, yaml_only = torchrun_command(cfg, nproc)
@@ -316,7 +369,7 @@ def launch(cfg) -> int:
             except (ProcessLookupError, PermissionError):
                 pass
 
-        def on_sigint(signum, frame):
+        def on_signal(signum, frame):
             interrupts.append(signum)
             workers = _worker_pids(d)
             if len(interrupts) >= 3:
@@ -325,17 +378,13 @@ def launch(cfg) -> int:
                 _kill(proc.pid, signal.SIGKILL)
             elif workers:
                 for pid in workers:
-                    _kill(pid, signal.SIGINT)
+                    _kill(pid, signum)
             else:  # still starting up: nothing to lose, let torchrun stop them
                 _kill(proc.pid, signal.SIGTERM)
 
-        def on_sigterm(signum, frame):
-            _kill(proc.pid, signal.SIGTERM)
-
         old = {}
         if threading.current_thread() is threading.main_thread():
-            old[signal.SIGINT] = signal.signal(signal.SIGINT, on_sigint)
-            old[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_sigterm)
+            old = {s_: signal.signal(s_, on_signal) for s_ in STOP_SIGNALS}
         try:
             rc = proc.wait()
         finally:
@@ -348,5 +397,5 @@ def launch(cfg) -> int:
             except ValueError:
                 pass
         if interrupts and rc != 0:
-            return 130
+            return signal_exit_code(interrupts[0])
         return 1 if rc < 0 else rc

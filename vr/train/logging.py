@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 from vr.util.io import atomic_path, atomic_write_text
+from vr.util.phases import mark
 
 COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 # Written only when some row has them (backbone_lr: with --backbone-lr-mult).
@@ -64,6 +65,7 @@ class RunLogger:
         for r in self.rows:
             w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, "")) for k in cols})
         atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+        mark("per_class.csv + metrics.csv")
         if self.tb is not None:
             e = row["epoch"]
             self.tb.add_scalars("loss", {"train": row["train_loss"], "val": row["val_loss"]}, e)
@@ -72,7 +74,9 @@ class RunLogger:
             if "backbone_lr" in row:
                 self.tb.add_scalar("backbone_lr", row["backbone_lr"], e)
             self.tb.flush()
+            mark("tensorboard")
         plot_curves(self.rows, self.run_dir / "curves.png")
+        mark("curves.png")
 
     def log_per_class(self, record: dict) -> None:
         """Add an epoch's per-class counts and rewrite per_class.csv whole, like metrics.csv: the

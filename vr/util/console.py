@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from rich.console import Console
 
+
+class _Console(Console):
+    """A file name that is not UTF-8 (surrogate escapes) is printed as \\xNN, not a UnicodeEncodeError."""
+
+    def _render_buffer(self, buffer) -> str:
+        from vr.util.paths import display
+
+        return display(super()._render_buffer(buffer))
+
+
 def _console(stderr: bool) -> Console:
-    c = Console(stderr=stderr, highlight=False)
+    c = _Console(stderr=stderr, highlight=False)
     if not c.is_terminal:
         # Logs and CI: rich would wrap at 80 columns and squeeze the progress columns.
-        c = Console(stderr=stderr, highlight=False, width=140)
+        c = _Console(stderr=stderr, highlight=False, width=140)
     return c
 
 

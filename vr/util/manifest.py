@@ -71,13 +71,24 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def _nvidia_driver() -> bool:
+    import shutil
+
+    return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl") \
+        or shutil.which("nvidia-smi") is not None
+
+
 def device_info() -> dict[str, Any]:
     """{"name": GPU SKU(s) when CUDA is available, else the CPU model; "cuda": [...]; "cpu": ...}."""
     info: dict[str, Any] = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "cuda": []}
-    try:
-        import torch  # a dependency of vr, and already imported by any run that writes a manifest
-    except ImportError:
-        torch = None
+    # torch is asked for the GPU names when it is loaded already (training, checkpoints) or there is
+    # an NVIDIA driver; a graph run on a CPU-only machine never imports torch (2-3 s of a `vr eval`)
+    torch = sys.modules.get("torch")
+    if torch is None and _nvidia_driver():
+        try:
+            import torch
+        except ImportError:
+            torch = None
     if torch is not None:
         try:
             if torch.cuda.is_available():

@@ -1,5 +1,5 @@
-"""Run a predictor over image files: decoding and host preprocessing in DataLoader workers, the
-model in the main process, timed per batch. Images for a graph (ONNX, TensorRT), whose batches
+"""Run a predictor over image files: decoding and host preprocessing in worker processes
+(vr.runtime.decode), the model in the main process, timed per batch. Images for a graph (ONNX, TensorRT), whose batches
 must share one size, are batched by the size they will have, read from the file headers."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import numpy as np
 
 from vr.data.images import UnreadableImage, load_rgb
 from vr.errors import VrError
-from vr.evaluate.predictors import Predictor
+from vr.runtime.base import Predictor
+from vr.util.phases import mark
 
 
 @dataclass
@@ -64,10 +65,6 @@ class ImageFiles:
         return i, self.prepare(img), None
 
 
-def as_list(batch: list) -> list:
-    return batch
-
-
 def header_size(path: Path) -> tuple[int, int] | None:
     """(height, width) of the image as load_rgb will return it (EXIF rotation applied), read
     from the file header only; None when the header cannot be read (decoding will say why)."""
@@ -109,18 +106,29 @@ def size_batches(paths: Sequence[Path], shape_for: Callable[[int, int], tuple], 
 def predict_files(predictor: Predictor, paths: Sequence[Path], batch_size: int | None = None, workers: int = 0,
                   advance: Callable[[int], None] | None = None) -> PredictionRun:
     """Probabilities for every file; an image that cannot be decoded is an error naming it."""
-    from torch.utils.data import DataLoader
+    from vr.runtime.decode import iter_batches
 
     bs = batch_size or predictor.batch_size
-    data = ImageFiles(paths, predictor.preparer)
-    prefetch = 4 if workers > 0 else None
     shape_for = getattr(predictor.preparer, "shape_for", None)
     if shape_for is not None and len(paths) > bs:  # graph input: batch the images by size
-        loader = DataLoader(data, batch_sampler=size_batches(paths, shape_for, bs, threads=max(2, workers)),
-                            num_workers=workers, collate_fn=as_list, prefetch_factor=prefetch)
+        batches = size_batches(paths, shape_for, bs, threads=max(2, workers))
+        mark("image sizes from headers")
     else:
-        loader = DataLoader(data, batch_size=bs, shuffle=False, num_workers=workers, collate_fn=as_list,
-                            prefetch_factor=prefetch)
+        batches = [list(range(j, min(j + bs, len(paths)))) for j in range(0, len(paths), bs)]
+    loader = iter_batches(ImageFiles(paths, predictor.preparer), batches, workers)
+    try:
+        result = _predict_batches(predictor, paths, loader, advance)
+    finally:
+        loader.close()  # stops the workers now, also when a batch failed
+    mark("predict loop")
+    from vr.runtime.base import check_finite
+
+    check_finite(result.probs, predictor.path, paths)
+    return result
+
+
+def _predict_batches(predictor: Predictor, paths: Sequence[Path], loader, advance) -> PredictionRun:
+    """The timed loop over the decoded batches (the first one also warms the model up, untimed)."""
     result = PredictionRun(np.zeros((len(paths), predictor.num_classes), dtype=np.float32))
     with_members = getattr(predictor, "run_with_members", None)  # an ensemble: keep each member's vote too
     warm_seconds = 0.0
@@ -133,17 +141,18 @@ def predict_files(predictor: Predictor, paths: Sequence[Path], batch_size: int |
         idx = [i for i, _, _ in batch]
         items = [item for _, item, _ in batch]
         if not result.batch_sizes:  # untimed warm-up: first-call costs (allocation, kernel choice)
+            mark("first batch")
             t = time.perf_counter()
-            predictor.run(items[:1])
+            _run(predictor, items[:1], [paths[idx[0]]])
             warm_seconds = time.perf_counter() - t
         t = time.perf_counter()
         if with_members is not None:
-            probs, member_probs = with_members(items)
+            probs, member_probs = _run(with_members, items, [paths[i] for i in idx])
             if result.member_probs is None:
                 result.member_probs = np.zeros((len(member_probs), len(paths), predictor.num_classes), np.float32)
             result.member_probs[:, idx] = member_probs
         else:
-            probs = predictor.run(items)
+            probs = _run(predictor, items, [paths[i] for i in idx])
         result.batch_seconds.append(time.perf_counter() - t)
         result.batch_sizes.append(len(items))
         result.probs[idx] = probs
@@ -151,3 +160,17 @@ def predict_files(predictor: Predictor, paths: Sequence[Path], batch_size: int |
             advance(len(items))
     result.wall_seconds = time.perf_counter() - start - warm_seconds
     return result
+
+
+def _run(fn, items: list, paths: list[Path]):
+    """``fn(items)`` (a predictor or its run_with_members); a runtime failure (out of memory, a
+    shape the runtime refuses) is one line naming the batch's images."""
+    run = getattr(fn, "run", fn)
+    try:
+        return run(items)
+    except VrError as e:
+        more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
+        raise VrError(f"{e} (images: {paths[0]}{more})") from e
+    except MemoryError as e:
+        raise VrError(f"out of memory predicting {paths[0]}{f' and {len(paths) - 1} more' if len(paths) > 1 else ''}: "
+                      f"lower --batch-size") from e
