@@ -134,13 +134,16 @@ def table(rows: list[dict]) -> str:
 
 
 def growth(rows: list[dict]) -> str:
-    """RSS per extra 1k images between the smallest and the largest set (MB)."""
-    if len(rows) < 2:
-        return ""
-    a, b = rows[0], rows[-1]
-    dk = (b["n"] - a["n"]) / 1000
-    parts = [f"{name} {(b[name + '_rss_mb'] - a[name + '_rss_mb']) / dk:.2f} MB" for name in ("eval", "submit", "train")]
-    return "peak RSS growth per extra 1k images: " + ", ".join(parts)
+    """Time and peak RSS per extra 1k images between consecutive sizes: the marginal costs (a
+    cost that grows faster than linearly shows as a rising row; the fixed start-up cost cancels)."""
+    lines = []
+    for a, b in zip(rows, rows[1:]):
+        dk = (b["n"] - a["n"]) / 1000
+        t = ", ".join(f"{k} {(b[k + '_s'] - a[k + '_s']) / dk:.3f} s"
+                      for k in ("scan", "eval", "submit", "train", "train_steps", "train_other"))
+        m = ", ".join(f"{k} {(b[k + '_rss_mb'] - a[k + '_rss_mb']) / dk:+.2f} MB" for k in ("eval", "submit", "train"))
+        lines.append(f"per extra 1k images, {a['n']:,} -> {b['n']:,}: {t}; peak RSS {m}")
+    return "\n".join(lines)
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ SPLIT_ORDER = ("train", "val", "test")
 MAX_NEAR_PAIRS = 2_000_000  # stop collecting near pairs past this (a set of near-identical images)
 LISTED = 100  # duplicate groups / pairs kept in the JSON report
 
-_BLOCK = 128  # rows of the pairwise distance matrix computed at once (128 x n uint64)
+_BLOCK = 128  # rows of the pairwise distance matrix computed at once
+_TILE = 8192  # columns: 128 x 8192 uint64 (8 MB) at a time, whatever the number of images
 
 
 def _order(split: str) -> int:
@@ -75,18 +76,23 @@ def _popcount(x):
 
 def hash_pairs(hashes: list[int], max_distance: int, limit: int = MAX_NEAR_PAIRS):
     """(i, j, distance) for i < j among distinct ``hashes`` with 0 < distance <= max_distance,
-    and whether the search stopped at ``limit`` pairs."""
+    and whether the search stopped at ``limit`` pairs. Tiles of _BLOCK x _TILE distances at a
+    time: the memory in use does not grow with the number of images (benchmarks/scale.py)."""
     import numpy as np
 
     arr = np.array(hashes, dtype=np.uint64)
     pairs: list[tuple[int, int, int]] = []
     for start in range(0, len(arr), _BLOCK):
         rows = arr[start:start + _BLOCK]
-        d = _popcount(rows[:, None] ^ arr[None, start:])  # the upper triangle and the block's diagonal
-        ii, jj = np.nonzero(d <= max_distance)
-        keep = jj > ii
-        for i, j in zip(ii[keep].tolist(), jj[keep].tolist()):
-            pairs.append((start + i, start + j, int(d[i, j])))
+        found = []
+        for col in range(start, len(arr), _TILE):  # the upper triangle and the block's diagonal
+            d = _popcount(rows[:, None] ^ arr[None, col:col + _TILE])
+            ii, jj = np.nonzero(d <= max_distance)
+            keep = jj + (col - start) > ii
+            found.append((ii[keep], jj[keep] + col, d[ii[keep], jj[keep]]))
+        ii, jj, dd = (np.concatenate(x) for x in zip(*found))
+        order = np.lexsort((jj, ii))  # row-major, as one block-wide matrix would give them
+        pairs += zip((ii[order] + start).tolist(), jj[order].tolist(), dd[order].astype(int).tolist())
         if len(pairs) >= limit:
             return pairs[:limit], True
     return pairs, False

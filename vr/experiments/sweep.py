@@ -205,6 +205,32 @@ def run_point(p: GridPoint, config_path: Path) -> int:
         return 130
 
 
+def _train_points(points: list, config_path) -> tuple[list, list]:
+    """Train every point not done yet, one `vr train` process each; a failed run is reported and
+    the sweep goes on. Returns (trained, [(point, why it failed)])."""
+    n = len(points)
+    trained, failed = [], []
+    for i, p in enumerate(points, 1):
+        head = f"[bold]sweep {i}/{n}[/bold] {_esc(p.label)}"
+        if p.state == "done":
+            info(f"{head}: skipped ({p.detail})")
+            continue
+        info(f"{head}: {'resuming' if p.state == 'resume' else 'training'} → {_esc(str(p.run_dir))}"
+             + (f" ({p.detail})" if p.detail else ""))
+        code = run_point(p, config_path)
+        if code == 130:
+            raise KeyboardInterrupt
+        if code != 0:
+            why = "its error is above" if code == 2 else f"exit status {code}"
+            warn(f"sweep run {_esc(p.label)} failed ({why}); going on with the next")
+            failed.append((p, why))
+            continue
+        write_done(p, _result(p))
+        p.state = "done"
+        trained.append(p)
+    return trained, failed
+
+
 def _result(p: GridPoint) -> dict:
     """What done.json records of a finished run: best val acc, its epoch and the run's seconds."""
     from vr.train.logging import read_metrics
@@ -252,26 +278,11 @@ def run(cfg: SweepConfig) -> dict:
     atomic_write_json(out / "sweep.json", {**meta, "runs": [{"label": p.label, "values": p.values,
                                                              "dir": str(p.run_dir)} for p in points]})
     n = len(points)
-    trained, failed = [], []
-    for i, p in enumerate(points, 1):
-        head = f"[bold]sweep {i}/{n}[/bold] {_esc(p.label)}"
-        if p.state == "done":
-            info(f"{head}: skipped ({p.detail})")
-            continue
-        info(f"{head}: {'resuming' if p.state == 'resume' else 'training'} → {_esc(str(p.run_dir))}"
-             + (f" ({p.detail})" if p.detail else ""))
-        code = run_point(p, cfg.config)
-        if code == 130:
-            err_console.print("sweep interrupted: run the same command again to resume it (finished runs are skipped)")
-            raise KeyboardInterrupt
-        if code != 0:
-            why = "its error is above" if code == 2 else f"exit status {code}"
-            warn(f"sweep run {_esc(p.label)} failed ({why}); going on with the next")
-            failed.append((p, why))
-            continue
-        write_done(p, _result(p))
-        p.state = "done"
-        trained.append(p)
+    try:
+        trained, failed = _train_points(points, cfg.config)
+    except KeyboardInterrupt:  # in a run or between two runs: the same hint
+        err_console.print("sweep interrupted: run the same command again to resume it (finished runs are skipped)")
+        raise
 
     report = None
     if cfg.compare:

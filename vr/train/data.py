@@ -79,8 +79,11 @@ def build_loaders(cfg, train_samples, val_samples, num_classes: int, pre, rt: Ru
     (a DataLoader generator would not do: persistent workers skip a draw from it after epoch 1)."""
     train_ds = EpochSeeded(ImageDataset(train_samples, build_train_transform(
         pre, cfg.aug, hflip=cfg.hflip, vflip=cfg.vflip, rotation=cfg.rotation, blur=cfg.blur,
-        color_jitter=cfg.color_jitter, translate=cfg.translate, random_erasing=cfg.random_erasing)), cfg.seed)
-    val_ds = ImageDataset(val_samples, pre)
+        color_jitter=cfg.color_jitter, translate=cfg.translate, random_erasing=cfg.random_erasing, uint8=True)),
+        cfg.seed)
+    # uint8 images from the workers, normalised per batch on the device (TrainStep.prepare and
+    # evaluate_per_class's prepare): a quarter of the bytes through shared memory and to the GPU.
+    val_ds = ImageDataset(val_samples, pre.to_uint8)
     if cfg.balance == "sampler":
         # One class-balanced draw of the epoch, the same on every rank, then sharded rank::world.
         sampler = BalancedSampler([y for _, y in train_samples], num_classes, rank=ctx.rank,

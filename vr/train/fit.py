@@ -156,7 +156,7 @@ def validate(run: TrainRun, epoch: int, seconds_from: float) -> tuple[dict, dict
     loss_sum, correct, seen = tr[:3]
     ctx.broadcast_module_state(run.eval_model)
     val_loss, val_acc, val_cc, val_ct = evaluate_per_class(run.eval_model, run.loaders.val, run.opt.val_criterion,
-                                                           run.rt, run.cfg.channels_last, ctx, n)
+                                                           run.rt, run.cfg.channels_last, ctx, n, run.pre.normalize)
     mark("validation")
     if not math.isfinite(val_loss):  # the epoch's last updates blew the weights up: do not save them
         raise diverged(run, f"val loss became nan or inf at epoch {epoch} (the weights diverged)")

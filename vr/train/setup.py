@@ -19,6 +19,7 @@ from vr.models.checkpoint import Checkpoint, load_checkpoint
 from vr.models.factory import check_model_name, count_params, create_model, weights_preprocess_hints
 from vr.models.preprocess import Preprocess, resolve_preprocess
 from vr.train import distributed as D
+from vr.train.augment import TrainNormalize
 from vr.train.checkpointer import Checkpointer
 from vr.train.config import TrainConfig
 from vr.train.data import Loaders, build_loaders
@@ -377,7 +378,8 @@ def setup(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainRun:
         if ctx.is_main:
             checkpointer.forget_unknown_top_k(state.top)
     step = TrainStep(raw, raw, opt.optimizer, opt.schedule, opt.scaler, opt.criterion, rt,
-                     channels_last=cfg.channels_last, clip_grad=cfg.clip_grad, ema=opt.ema, num_classes=len(classes))
+                     channels_last=cfg.channels_last, clip_grad=cfg.clip_grad, ema=opt.ema, num_classes=len(classes),
+                     prepare=TrainNormalize(pre))
     logger = RunLogger(run_dir, cfg.tensorboard, state.history, state.per_class, classes.names) if ctx.is_main else None
     mark("optimiser, state, logger")
     return TrainRun(cfg, ctx, rt, data, run_dir, classes, pre, raw, n_params,

@@ -31,15 +31,19 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
 
 
 def evaluate_per_class(model: nn.Module, loader, criterion, rt: Runtime, channels_last: bool,
-                       ctx: D.DistContext | None, num_classes: int) -> tuple[float, float, list, list]:
+                       ctx: D.DistContext | None, num_classes: int,
+                       prepare: Callable | None = None) -> tuple[float, float, list, list]:
     """Mean loss and accuracy over the loader, and the correct and total counts per true class;
     under DDP each rank holds a disjoint shard and the sums (loss x n, correct, n, per class) are
-    added over ranks, so every image counts exactly once."""
+    added over ranks, so every image counts exactly once. ``prepare`` normalises a uint8 batch on
+    the device (Preprocess.normalize)."""
     model.eval()
     sums = torch.zeros(3 + 2 * num_classes, dtype=_acc_dtype(rt.device), device=rt.device)
     with torch.no_grad():
         for x, y in loader:
             x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+            if prepare is not None and x.dtype == torch.uint8:
+                x = prepare(x)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with rt.autocast():
@@ -72,12 +76,13 @@ class TrainStep:
     def __init__(self, model: nn.Module, raw: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
                  scaler: torch.amp.GradScaler, criterion: nn.Module, rt: Runtime, *, channels_last: bool = False,
                  clip_grad: float | None = None, ema=None, ddp: nn.Module | None = None, num_classes: int = 0,
-                 mix: Callable | None = None):
+                 mix: Callable | None = None, prepare: Callable | None = None):
         self.model, self.raw, self.opt, self.schedule = model, raw, optimizer, schedule
         self.scaler, self.criterion, self.rt = scaler, criterion, rt
         self.device = rt.device
         self.channels_last, self.clip_grad, self.ema, self.ddp = channels_last, clip_grad, ema, ddp
         self.mix = mix  # (x, y) -> (x, y): MixUp/CutMix on the device batch, or None
+        self.prepare = prepare  # uint8 batch -> normalised float32 on the device (augment.TrainNormalize), or None
         self.num_classes = num_classes
         # clip_grad_norm_ skips parameters without a gradient (frozen ones)
         self.params = list(raw.parameters())
@@ -96,6 +101,8 @@ class TrainStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, update: bool = True, div: int = 1) -> None:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.prepare is not None:
+            x = self.prepare(x)
         if self.mix is not None:
             x, y = self.mix(x, y)
         if self.channels_last:
