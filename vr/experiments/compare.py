@@ -26,6 +26,7 @@ from vr.errors import VrError, first_line
 from vr.util import fmt
 from vr.experiments.config import EVAL_REPORT, CompareConfig
 from vr.util.console import info, warn
+from vr.util.paths import term
 from vr.util.io import atomic_write_text, check_writable_dir
 
 # config.yaml keys that never describe the experiment: where it ran and where it wrote.
@@ -457,15 +458,9 @@ def compare_runs(run_dirs: Sequence[Path], out: Path, labels: list[str] | None =
     files["compare.csv"] = out / "compare.csv"
     files["compare.md"] = out / "compare.md"
     print_summary(runs, rows)
-    info(f"comparison: {_esc(str(out / 'compare.md'))} · compare.csv · {len([f for f in files if f.endswith('.png')])} pictures")
+    info(f"comparison: {term(str(out / 'compare.md'))} · compare.csv · {len([f for f in files if f.endswith('.png')])} pictures")
     return {"runs": runs, "rows": rows, "files": files}
 
 
 def run(cfg: CompareConfig) -> dict:
     return compare_runs(cfg.runs, cfg.out, cfg.label_list(), cfg.worst_k)
-
-
-def _esc(s: str) -> str:
-    from rich.markup import escape
-
-    return escape(s)

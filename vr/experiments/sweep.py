@@ -29,6 +29,7 @@ from vr.config import config_argv, load_yaml
 from vr.errors import VrError
 from vr.experiments.config import SweepConfig
 from vr.util.console import info, warn
+from vr.util.paths import term
 from vr.util.io import atomic_write_json, check_writable_dir
 
 DONE = "done.json"
@@ -211,18 +212,18 @@ def _train_points(points: list, config_path) -> tuple[list, list]:
     n = len(points)
     trained, failed = [], []
     for i, p in enumerate(points, 1):
-        head = f"[bold]sweep {i}/{n}[/bold] {_esc(p.label)}"
+        head = f"[bold]sweep {i}/{n}[/bold] {term(p.label)}"
         if p.state == "done":
             info(f"{head}: skipped ({p.detail})")
             continue
-        info(f"{head}: {'resuming' if p.state == 'resume' else 'training'} → {_esc(str(p.run_dir))}"
+        info(f"{head}: {'resuming' if p.state == 'resume' else 'training'} → {term(str(p.run_dir))}"
              + (f" ({p.detail})" if p.detail else ""))
         code = run_point(p, config_path)
         if code == 130:
             raise KeyboardInterrupt
         if code != 0:
             why = "its error is above" if code == 2 else f"exit status {code}"
-            warn(f"sweep run {_esc(p.label)} failed ({why}); going on with the next")
+            warn(f"sweep run {term(p.label)} failed ({why}); going on with the next")
             failed.append((p, why))
             continue
         write_done(p, _result(p))
@@ -293,14 +294,8 @@ def run(cfg: SweepConfig) -> dict:
             report = compare_runs([p.run_dir for p in ready], out / "compare", [p.label for p in ready], cfg.worst_k,
                                   labels_note="Labels: the swept settings (the names of the run folders).")
     skipped = n - len(trained) - len(failed)
-    info(f"sweep: {len(trained)} trained, {skipped} skipped (already finished), {len(failed)} failed · {_esc(str(out))}")
+    info(f"sweep: {len(trained)} trained, {skipped} skipped (already finished), {len(failed)} failed · {term(str(out))}")
     if failed:
         raise VrError(f"{len(failed)} of {n} sweep runs failed: "
                       + "; ".join(f"{p.label}: {msg}" for p, msg in failed))
     return {"points": points, "trained": trained, "failed": failed, "compare": report}
-
-
-def _esc(s: str) -> str:
-    from rich.markup import escape
-
-    return escape(s)

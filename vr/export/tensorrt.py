@@ -19,6 +19,7 @@ from typing import Callable
 
 from vr.errors import VrError, first_line
 from vr.export.trt_compat import TENSORRT_RANGE  # the versions this module is written for (the gpu extra)
+from vr.util.io import file_sha256
 
 
 def require_tensorrt():
@@ -74,7 +75,7 @@ def engine_metadata(graph_meta: dict, trt_version: str, gpu: dict, onnx_path: Pa
         "version": trt_version, "precision": graph_meta.get("precision", "fp32"), "strongly_typed": True,
         "gpu": gpu["gpu"], "compute_capability": gpu["compute_capability"], "profile_batch": list(batch),
         "profile_image_side": list(size), "source_onnx": str(onnx_path),
-        "source_sha256": hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest(),
+        "source_sha256": file_sha256(onnx_path),
     }
     return meta
 

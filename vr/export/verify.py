@@ -3,7 +3,6 @@ and check its graph hash; also what `vr export --trt` runs on every fresh engine
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from vr.errors import VrError
 from vr.export.config import VerifyConfig
+from vr.util.io import file_sha256
 
 
 def check_golden(predictor, golden: dict, what: str):
@@ -38,7 +38,7 @@ def check_integrity(path: Path, meta: dict) -> str:
         want = (meta.get("tensorrt") or {}).get("engine_sha256")
         if not want:
             return "no engine hash recorded"
-        if hashlib.sha256(path.read_bytes()).hexdigest() != want:
+        if file_sha256(path) != want:
             raise VrError(f"{path} is not the engine vr built: its bytes changed since export (rebuild it)")
         return "engine bytes unchanged since the build"
     import onnx

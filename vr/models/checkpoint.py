@@ -6,7 +6,6 @@ Everything in a checkpoint is a tensor, number, string, list or dict, so it load
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import vr
 from vr.data.classes import ClassMap
 from vr.errors import VrError, first_line
 from vr.models.preprocess import Preprocess
-from vr.util.io import atomic_path
+from vr.util.io import atomic_path, file_sha256  # noqa: F401  (file_sha256: re-exported for callers)
 
 FORMAT = "vr-checkpoint"
 FORMAT_VERSION = 1
@@ -113,9 +112,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise VrError(f"{path} is a damaged vr checkpoint (missing {e})") from e
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

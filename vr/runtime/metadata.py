@@ -26,20 +26,26 @@ INT_KEYS = ("opset", "param_count")
 
 
 # --- writing -----------------------------------------------------------------------------------
+def checkpoint_sha256(ckpt) -> str:
+    """SHA-256 of the checkpoint's file ("" for one that is not on disk)."""
+    from vr.util.io import file_sha256
+
+    return file_sha256(ckpt.path) if ckpt.path is not None and Path(ckpt.path).is_file() else ""
+
+
 def build_metadata(ckpt, *, tta: str, opset: int, resize_impl: str, height_first: bool,
                    param_count: int | None = None, precision: str = "fp32",
-                   precision_detail: dict | None = None) -> dict[str, Any]:
-    """One checkpoint's graph metadata (values JSON-able; ``encode`` makes them strings)."""
+                   precision_detail: dict | None = None, sha256: str | None = None) -> dict[str, Any]:
+    """One checkpoint's graph metadata (values JSON-able; ``encode`` makes them strings).
+    ``sha256``: the checkpoint's hash when the caller has it already (else it is computed)."""
     import vr
-    from vr.models.checkpoint import file_sha256
 
-    sha = file_sha256(ckpt.path) if ckpt.path is not None and Path(ckpt.path).is_file() else ""
     meta: dict[str, Any] = {
         "class_names": list(ckpt.classes.names),
         "preprocess": ckpt.preprocess.to_dict(),
         "tta": tta,
         "precision": precision,
-        "checkpoint_sha256": sha,
+        "checkpoint_sha256": checkpoint_sha256(ckpt) if sha256 is None else sha256,
         "vr_version": vr.__version__,
         "opset": int(opset),
         "input": f"{INPUT_NAME}: {INPUT_CONTRACT}",
@@ -58,12 +64,12 @@ def build_metadata(ckpt, *, tta: str, opset: int, resize_impl: str, height_first
 def build_ensemble_metadata(ckpts, weights, param_counts, **kw) -> dict[str, Any]:
     """The first member's keys (its preprocess, its class order: the ensemble's) plus ``members``
     and the total param_count. ``kw``: those of build_metadata but param_count."""
-    meta = build_metadata(ckpts[0], param_count=sum(param_counts), **kw)
+    shas = [checkpoint_sha256(c) for c in ckpts]  # each file hashed once (checkpoints can be GBs)
+    meta = build_metadata(ckpts[0], param_count=sum(param_counts), sha256=shas[0], **kw)
     members = []
-    for ckpt, w, n in zip(ckpts, weights, param_counts):
-        one = build_metadata(ckpt, **kw)
+    for ckpt, sha, w, n in zip(ckpts, shas, weights, param_counts):
         members.append({"checkpoint": str(ckpt.path) if ckpt.path is not None else "",
-                        "sha256": one["checkpoint_sha256"], "model": ckpt.model_name,
+                        "sha256": sha, "model": ckpt.model_name,
                         "preprocess": ckpt.preprocess.to_dict(), "weight": float(w), "param_count": int(n)})
     meta["members"] = members
     meta["checkpoint_sha256"] = "+".join(m["sha256"] for m in members)

@@ -26,6 +26,15 @@ from vr.util.paths import DISPLAY_ERRORS, display
 _STAGED: dict[Path, Path] = {}
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks (checkpoints and engines can be GBs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _temp_prefix(name: str) -> str:
     """``.NAME.PID.``: a long NAME is cut (and told apart by a hash) so that the temporary name
     stays within the 255 bytes a file name may have wherever NAME itself fits."""
