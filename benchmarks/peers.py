@@ -16,8 +16,14 @@ Comparisons (--only picks some):
 - train1 / train3: `vr train` against train.py for 1 and for 3 epochs, each epoch with its
   validation; batch 16, AdamW, lr 3e-4. The augmentation is matched: vr gets timm's defaults
   (--hflip 0.5 --color-jitter 0.4), timm gets vr's crop scale and interpolation (--scale 0.25 1
-  --train-interpolation bicubic); vr trains the whole model from epoch 1 (--freeze-epochs 0; by
-  default a fine-tune from --pretrained warms the head up alone for one epoch, which is less work).
+  --train-interpolation bicubic); the optimisation too: one lr for the whole model and no EMA
+  (--backbone-lr-mult 1 --no-ema; a fine-tune from --pretrained gets a 10x head lr and an EMA by
+  default, and timm's train.py neither).
+
+vr's per-image facts cache (vr.data.facts: what `vr train`'s image check and data check learn of
+each file, kept across runs) lives in WORK/vr-cache. --vr-cache warm (the default: a user's
+second and later runs on a dataset) fills it once, untimed, with `vr data check DATA` before the
+rounds; --vr-cache cold empties it before every vr run (a first run on new data).
 
 Where the time went: vr's phases come from VR_PHASES (vr.util.phases: vr appends a timestamp as
 each phase ends); timm's from the time each of its log lines arrived. --imports adds, untimed,
@@ -203,7 +209,8 @@ def train_commands(inp: dict, out: Path, a, epochs: int) -> dict:
     common = ["--opt", "adamw", "--lr", "3e-4", "--epochs", str(epochs), "--device", "cpu"]
     vr = [sys.executable, "-m", "vr.cli", "train", str(a.data), "--model", "efficientnet_lite0", "--pretrained",
           str(inp["weights"]), "--img-size", "224", "--batch-size", str(a.train_batch), "--workers", str(a.workers),
-          "--hflip", "0.5", "--color-jitter", "0.4", "--freeze-epochs", "0", "--out", str(out / "vr"), *common]
+          "--hflip", "0.5", "--color-jitter", "0.4", "--backbone-lr-mult", "1", "--no-ema", "--out", str(out / "vr"),
+          *common]
     timm = [sys.executable, str(a.peers / "train.py"), "--data-dir", str(a.data), "--train-split", "train",
             "--val-split", "val", "--model", "efficientnet_lite0", "--num-classes", str(len(inp["classes"])),
             "--initial-checkpoint", str(inp["state"]), "--img-size", "224", "-b", str(a.train_batch),
@@ -242,7 +249,9 @@ def compare(name: str, cmds_for, a, base: Path) -> dict:
             out.mkdir(parents=True)
             cmd = cmds_for(out)[side]
             phase_file = out / "phases.tsv" if side == "vr" else None
-            env = child_env(VR_PHASES=str(phase_file)) if side == "vr" else child_env()
+            env = child_env(VR_PHASES=str(phase_file), VR_CACHE_DIR=str(a.cache)) if side == "vr" else child_env()
+            if side == "vr" and a.vr_cache == "cold":
+                shutil.rmtree(a.cache, ignore_errors=True)
             wait_quiet(a.quiet, a.max_wait)
             run, t0, stamped = timed(cmd, env, phase_file, out / "output.log")
             if side == "timm":
@@ -342,6 +351,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-wait", type=float, default=1200, help="seconds to wait for it before running anyway")
     ap.add_argument("--imports", action="store_true", help="also one untimed -X importtime run per side")
     ap.add_argument("--work", type=Path, help="inputs and run folders (default: a temporary folder)")
+    ap.add_argument("--vr-cache", choices=("warm", "cold"), default="warm",
+                    help="vr's per-image facts cache: filled once before the rounds, or emptied before each vr run")
     ap.add_argument("--json", type=Path, help="write every figure here")
     a = ap.parse_args(argv)
     a.data, a.peers = a.data.resolve(), a.peers.resolve()
@@ -354,15 +365,22 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     print(machine())
     inp = make_inputs(work, a.data)
+    a.cache = work / "vr-cache"
+    shutil.rmtree(a.cache, ignore_errors=True)
+    if a.vr_cache == "warm":
+        for folder in (a.data, inp["eval_root"] / "validation"):
+            subprocess.run([sys.executable, "-m", "vr.cli", "data", "check", str(folder), "--json"], check=True,
+                           stdout=subprocess.DEVNULL, env=child_env(VR_CACHE_DIR=str(a.cache)))
     print(f"data {a.data}: eval {inp['n_eval']} images; batch eval {a.eval_batch} / train {a.train_batch}; "
-          f"{a.workers} workers; {a.rounds} rounds; runs in {work / 'runs'}\n")
+          f"{a.workers} workers; {a.rounds} rounds; vr cache {a.vr_cache}; runs in {work / 'runs'}\n")
     plan = {
         "eval": (f"vr eval (ONNX, flip TTA: 2 views) vs validate.py (1 view), {inp['n_eval']} images",
                  lambda out: eval_commands(inp, out, a)),
         "train1": ("vr train vs train.py, 1 epoch with its validation", lambda out: train_commands(inp, out, a, 1)),
         "train3": ("vr train vs train.py, 3 epochs with their validation", lambda out: train_commands(inp, out, a, 3)),
     }
-    summary = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "rounds": a.rounds, "comparisons": {}}
+    summary = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "rounds": a.rounds, "vr_cache": a.vr_cache,
+               "comparisons": {}}
     for name in [n.strip() for n in a.only.split(",") if n.strip()]:
         what, cmds_for = plan[name]
         res = compare(name, cmds_for, a, work / "runs")

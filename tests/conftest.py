@@ -13,6 +13,19 @@ from PIL import Image
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """vr's cache (vr.util.cache) in a folder of this session, never the user's ~/.cache/vr; the
+    CLI runs in subprocesses inherit it."""
+    old = os.environ.get("VR_CACHE_DIR")
+    os.environ["VR_CACHE_DIR"] = str(tmp_path_factory.mktemp("vr-cache"))
+    yield
+    if old is None:
+        os.environ.pop("VR_CACHE_DIR", None)
+    else:
+        os.environ["VR_CACHE_DIR"] = old
+
 # Colour-coded classes: a tiny model separates them in a couple of epochs, so accuracy checks
 # mean something. Numeric names check the natural class order ("2" before "10").
 CLASS_COLOURS = {"1": (200, 40, 40), "2": (40, 180, 60), "10": (50, 60, 200)}

@@ -479,3 +479,30 @@ def test_choose_tta_breaks_ties_for_the_cheapest():
          {"tta": "ten-crop", "accuracy": 0.94}]
     assert choose_tta(s) == "flip"
     assert choose_tta([dict(x, accuracy=0.5) for x in s]) == "none"
+
+
+def test_torch_predictor_runs_nhwc_on_cpu_from_64px_with_the_same_answers(tmp_path):
+    """On the CPU the PyTorch predictor converts the model to channels_last at 64 px and up
+    (faster oneDNN convolutions); the probabilities match the plain NCHW model's."""
+    import torch
+
+    from vr.data.classes import ClassMap
+    from vr.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from vr.models.factory import create_model
+    from vr.models.preprocess import Preprocess
+    from vr.models.tta import batch_views, predict_views
+    from vr.runtime.torch_backend import TorchPredictor
+
+    imgs = [H.colour_image(rgb, (90, 70), seed=i) for i, rgb in enumerate(RGB.values())]
+    for size, nhwc in ((64, True), (32, False)):
+        torch.manual_seed(0)
+        model = create_model("test_resnet", 3)
+        path = tmp_path / f"m{size}.pt"
+        save_checkpoint(path, Checkpoint("test_resnet", 3, model.state_dict(), ClassMap(tuple(RGB)),
+                                         Preprocess(size, int(size / 0.875), "bilinear")))
+        p = TorchPredictor(path, device="cpu")
+        conv = next(m for m in p.model.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) is nhwc
+        ck = load_checkpoint(path)
+        want = predict_views(model_from_checkpoint(ck), batch_views(imgs, ck.preprocess, "none")).numpy()
+        np.testing.assert_allclose(p.predict(imgs), want, rtol=0, atol=1e-5)

@@ -429,24 +429,48 @@ def test_ema_warmup_lets_a_short_run_average_recent_weights(tiny_data, tmp_path,
     assert dist["--ema-warmup"] < 0.5 * dist["--no-ema-warmup"], dist
 
 
-def test_defaults_follow_the_run_a_fine_tune_warms_its_head_and_ema_spans_the_run(tiny_data, tmp_path, cli):
-    """Without --freeze-epochs, a fine-tune from --pretrained weights trains the head alone for its
-    first epoch; without --ema-decay, the EMA decay follows the run's length. config.yaml records
-    the values used (so --resume is exact), and explicit flags win."""
+def test_defaults_follow_the_run_a_fine_tune_gets_its_recipe_and_ema_spans_the_run(tiny_data, tmp_path, cli):
+    """Left unset, a fine-tune from --pretrained weights gets FINE_TUNE (head lr 1e-3, backbone
+    x0.1, an EMA that starts at the pretrained weights, no ramp) and a run from scratch SCRATCH;
+    the EMA decay follows the run's length. config.yaml records the values used (so --resume is
+    exact), and explicit flags win."""
     import timm
 
+    from vr.models.checkpoint import load_checkpoint
     from vr.train.config import TrainConfig
 
     w = tmp_path / "w.pth"
-    torch.save(timm.create_model("test_resnet", num_classes=5).state_dict(), w)
+    pretrained = timm.create_model("test_resnet", num_classes=5).state_dict()
+    torch.save(pretrained, w)
     run = tmp_path / "ft"
-    code, out, err = cli("train", tiny_data, "--out", run, "--epochs", "2", "--pretrained", w, "--ema", *FAST)
+    code, out, err = cli("train", tiny_data, "--out", run, "--epochs", "2", "--pretrained", w, *FAST)
     assert code == 0, err
     saved = yaml.safe_load((run / "config.yaml").read_text())
     steps = 2 * 4  # 36 images, batch 8, drop_last: 4 steps an epoch
-    assert saved["freeze_epochs"] == 1 and "training the classifier head only" in out
-    assert saved["ema_decay"] == pytest.approx(max(0.9, 1 - 1 / (0.2 * steps)))
+    assert (saved["backbone_lr_mult"], saved["ema"], saved["ema_warmup"], saved["freeze_epochs"]) == (0.1, True, False, 0)
+    assert TrainConfig(data="x", pretrained="w.pth").resolved(10).lr == 1e-3  # FAST passes its own --lr
+    assert saved["ema_decay"] == pytest.approx(max(0.9, 1 - 1 / steps))
+    rows = _csv(run / "metrics.csv")
+    assert float(rows[0]["backbone_lr"]) == pytest.approx(0.1 * float(rows[0]["lr"]))
+    # no ramp: the average keeps a share of the pretrained backbone, so it lies nearer to it
+    last = load_checkpoint(run / "last.pt")
+    ema, raw = last.train_state["ema"], last.state_dict
+    keys = [k for k in raw if raw[k].is_floating_point() and k in pretrained and "fc" not in k
+            and raw[k].shape == pretrained[k].shape]
+    moved = sum(float((raw[k].float() - pretrained[k].float()).norm()) for k in keys)
+    kept = sum(float((ema[k].float() - pretrained[k].float()).norm()) for k in keys)
+    assert 0 < kept < 0.9 * moved, (kept, moved)
     scratch = TrainConfig(data="x", epochs=100).resolved(steps_per_epoch=400)
-    assert scratch.freeze_epochs == 0 and scratch.ema_decay == 0.9998  # a long run: the usual ceiling
-    mine = TrainConfig(data="x", pretrained="w.pth", freeze_epochs=0, ema_decay=0.99).resolved(10)
-    assert (mine.freeze_epochs, mine.ema_decay) == (0, 0.99)
+    assert (scratch.lr, scratch.backbone_lr_mult, scratch.ema, scratch.ema_warmup) == (3e-4, 1.0, False, True)
+    assert scratch.ema_decay == 0.9998  # a long run: the usual ceiling
+    assert TrainConfig(data="x", epochs=2, ema=True).resolved(4).ema_decay == pytest.approx(0.9)  # 1 - 1/(0.2 x 8) clipped
+    init = TrainConfig(data="x", pretrained="w.pth", init_from=tmp_path / "best.pt").resolved(10)
+    assert (init.lr, init.ema) == (3e-4, False)  # --init-from ignores --pretrained: not a fine-tune from it
+    assert saved["channels_last"] is False  # 32 px: NHWC measured slower there
+    cl = {(d, px): TrainConfig(data="x").resolved(10, d, px).channels_last for d in ("cpu", "cuda") for px in (32, 64)}
+    assert cl == {("cpu", 32): False, ("cpu", 64): True, ("cuda", 32): False, ("cuda", 64): False}
+    assert TrainConfig(data="x", channels_last=False).resolved(10, "cpu", 224).channels_last is False
+    mine = TrainConfig(data="x", pretrained="w.pth", lr=5e-4, backbone_lr_mult=1.0, ema=False, ema_warmup=True,
+                       freeze_epochs=1, ema_decay=0.99).resolved(10)
+    assert (mine.lr, mine.backbone_lr_mult, mine.ema, mine.ema_warmup, mine.freeze_epochs, mine.ema_decay) == \
+        (5e-4, 1.0, False, True, 1, 0.99)

@@ -78,7 +78,8 @@ COMMANDS = (
      "Check DATA before training: class counts and imbalance, image sizes and aspect and how much of each image "
      "the eval crop keeps, exact and near-duplicate images within and across train/val/test, greyscale/CMYK/alpha/"
      "16-bit and unreadable files, and layout problems. Each finding that calls for a change names the flag or "
-     "action that makes it. --json prints the report for scripts; --out saves it."),
+     "action that makes it. --json prints the report for scripts; --out saves it. What it learns of each image is "
+     "cached (~/.cache/vr; VR_CACHE_DIR=DIR moves it, VR_CACHE_DIR=off turns it off), so reruns are fast."),
     ("vr", "train", "vr.train.config:TrainConfig", "vr.train.loop:run", True,
      "Train or fine-tune a classifier on DATA (train/<class>/, val/<class>/)."),
     ("vr", "eval", "vr.evaluate.config:EvalConfig", "vr.evaluate.evaluate:run_eval", True,

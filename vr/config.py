@@ -18,6 +18,11 @@ import yaml
 from vr.errors import VrError
 from vr.util.io import atomic_write_text
 
+# vr runs convolutions in channels_last (NHWC) on the CPU from this input size up: oneDNN measured
+# 1.07-1.63x faster training steps and 1.2-1.4x faster inference there, and 0.96x at 32 px
+# (docs/benchmarks.md). Used by vr train's default and the PyTorch predictor.
+CPU_CHANNELS_LAST_MIN_SIZE = 64
+
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
         argument: bool = False, flag: str | None = None, cli: bool = True, group: str | None = None):

@@ -1,7 +1,7 @@
 """`vr data check`: what a dataset holds and what to change before training on it.
 
-The facts are gathered here: the layout (train/, val/, test/ or one ImageFolder), every image's
-header (size, EXIF orientation, mode), its bytes hash and perceptual hash, and readability; then
+The layout (train/, val/, test/ or one ImageFolder) is found here, every image's facts (header,
+bytes hash, perceptual hash, readability) come from ``vr.data.facts`` (cached across runs); then
 class counts, geometry, duplicates and modes are aggregated into one JSON-able report.
 ``vr.data.check_report`` turns the report into findings (each naming the flag or action that
 fixes it) and the terminal table.
@@ -22,6 +22,7 @@ from typing import Optional
 
 from vr.config import ConfigBase, check, check_choice, option
 from vr.data.check_dups import SPLIT_ORDER
+from vr.data.facts import GREY, ImageFacts, default_workers, inspect_all
 from vr.errors import VrError
 
 # The crop modes of vr.models.preprocess (kept here as strings: the CLI imports this module at
@@ -204,125 +205,6 @@ def discover(root: str | Path) -> Layout:
     return layout
 
 
-# --- per image -------------------------------------------------------------------------------
-
-_GREY = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
-_ALPHA = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-_HIGH_DEPTH = frozenset({"I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
-
-
-@dataclass
-class ImageFacts:
-    """What one file is, from its header, its bytes and one reduced-size decode."""
-
-    height: int = 0  # after EXIF orientation, as load_rgb returns it
-    width: int = 0
-    mode: str = ""
-    high_depth: bool = False  # 16-bit (or 32-bit) samples
-    alpha: bool = False
-    digest: str = ""  # blake2b of the file bytes
-    phash: Optional[int] = None  # 64-bit perceptual hash
-    problem: Optional[str] = None  # why it cannot be read (vr skips it)
-
-
-def _header(im) -> tuple[int, int, str, bool, bool]:
-    """(w, h, mode, high_depth, alpha) of an opened image, before it is decoded (the tile list
-    and the size are the header's; draft() and load() change them)."""
-    w, h = im.size
-    rawmode = str(im.tile[0][3]) if im.tile else ""
-    high = im.mode in _HIGH_DEPTH or ";16" in rawmode  # 16-bit RGB PNGs open as mode RGB, rawmode RGB;16B
-    alpha = im.mode in _ALPHA or (im.mode == "P" and "transparency" in im.info)
-    return w, h, im.mode, high, alpha
-
-
-def _orientation(im) -> int:
-    try:
-        return im.getexif().get(0x0112, 1)
-    except Exception:  # a broken EXIF block: load_rgb's exif_transpose does not rotate either
-        return 1
-
-
-def _perceptual_hash(im) -> int:
-    """phash (8x8 DCT bits) of a reduced-size decode, EXIF orientation applied."""
-    import imagehash
-    import numpy as np
-    from PIL import ImageOps
-
-    from vr.data.images import to_rgb
-
-    # JPEG: decode at up to 1/8 scale (phash looks at 32x32), straight to grey; others ignore it
-    im.draft("L", (32, 32))
-    im.load()
-    if _orientation(im) != 1:
-        im = ImageOps.exif_transpose(im)
-    if im.mode in _HIGH_DEPTH:  # phash's convert("L") would clip 16-bit samples to white
-        im = to_rgb(im)
-    bits = imagehash.phash(im).hash.flatten()
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
-
-
-def inspect_image(path: Path) -> ImageFacts:
-    """Hash, header, perceptual hash and readability of one file (run in worker threads).
-
-    One read and one reduced-size decode per file. Sizes come from the header (EXIF orientation
-    applied, as load_rgb returns the image). A file that does not decode here, or is over PIL's
-    pixel limit, gets vr.data.images.check_image's verdict, the reason vr train and vr submit
-    give.
-    """
-    import hashlib
-    import io
-
-    from PIL import Image
-
-    from vr.data.images import check_image
-
-    facts = ImageFacts()
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        facts.problem = f"{path}: cannot read file ({e.strerror or e})"
-        return facts
-    facts.digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h, facts.mode, facts.high_depth, facts.alpha = _header(im)
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit and w * h > limit:
-                raise ValueError("over the pixel limit")  # check_image words the refusal
-            facts.phash = _perceptual_hash(im)
-            # PNG keeps EXIF after the pixels, so orientation is read once they are loaded
-            facts.height, facts.width = (w, h) if _orientation(im) in (5, 6, 7, 8) else (h, w)
-    except Exception:  # PIL raises many types for bad files
-        facts.problem = check_image(path)
-    return facts
-
-
-def inspect_all(paths: list[Path], workers: int, progress: bool) -> list[ImageFacts]:
-    """inspect_image over ``paths`` in a thread pool (decoding and hashing release the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from vr.util.console import err_console
-
-    out: list[ImageFacts] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool, \
-            Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                     console=err_console, transient=True,
-                     disable=not (progress and err_console.is_terminal)) as bar:  # no bar in logs
-        task = bar.add_task("checking images", total=len(paths))
-        for facts in pool.map(inspect_image, paths):
-            out.append(facts)
-            if len(out) % 64 == 0:  # per-image updates cost as much as a tenth of the run
-                bar.update(task, completed=len(out))
-        bar.update(task, completed=len(out))
-    return out
-
-
-def default_workers() -> int:
-    return max(1, min(8, 2 * (os.cpu_count() or 1)))
-
-
 # --- aggregation -----------------------------------------------------------------------------
 
 
@@ -420,12 +302,12 @@ def mode_stats(facts: list[ImageFacts], rels: list[str]) -> dict:
     """Counts of images vr converts on reading, and of those it cannot read (with examples)."""
     ok = [f for f in facts if f.problem is None]
     counts = {
-        "greyscale": sum(f.mode in _GREY for f in ok),
+        "greyscale": sum(f.mode in GREY for f in ok),
         "palette": sum(f.mode in ("P", "PA") for f in ok),
         "cmyk": sum(f.mode == "CMYK" for f in ok),
         "alpha": sum(f.alpha for f in ok),
         "16_bit": sum(f.high_depth for f in ok),
-        "other_modes": sum(f.mode not in _GREY | {"P", "PA", "CMYK", "RGB", "RGBA", "RGBa"} for f in ok),
+        "other_modes": sum(f.mode not in GREY | {"P", "PA", "CMYK", "RGB", "RGBA", "RGBa"} for f in ok),
     }
     kinds: dict[str, list[str]] = defaultdict(list)
     for f, rel in zip(facts, rels):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vr.data.classes import ClassMap, natural_key
-from vr.data.images import check_image, is_image_file
+from vr.data.facts import unreadable
+from vr.data.images import is_image_file
 from vr.errors import VrError
 from vr.util.console import warn
 from vr.util.paths import display, term
@@ -21,24 +21,19 @@ class ScanResult:
     empty_classes: list[str] = field(default_factory=list)
 
 
-def _check_all(paths: list[Path], workers: int = 8) -> dict[Path, str]:
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = pool.map(check_image, paths)
-    return {p: r for p, r in zip(paths, reasons) if r is not None}
-
-
 def list_images(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_file() and is_image_file(p)),
                   key=lambda p: natural_key(p.name))
 
 
 def scan_image_folder(root: str | Path, classes: ClassMap | None = None, verify: bool = True,
-                      what: str = "data", reference: str = "the model's classes") -> ScanResult:
+                      what: str = "data", reference: str = "the model's classes", inspect: bool = False) -> ScanResult:
     """Scan ``root/<class>/<image>``.
 
     Without ``classes`` the class order is the folders' natural order. With ``classes`` (val/test
     data scored against a trained model) a folder absent from ``classes`` is an error naming it.
-    Unreadable images are skipped with a warning naming each one.
+    Unreadable images are skipped with a warning naming each one. ``inspect``: gather the data
+    check's facts while verifying (vr.data.facts.unreadable).
     """
     root = Path(root)
     if not root.is_dir():
@@ -59,7 +54,7 @@ def scan_image_folder(root: str | Path, classes: ClassMap | None = None, verify:
     for name in empty:
         warn(f"class folder {term(root / name)} has no images")
     all_paths = [p for files in per_class.values() for p in files]
-    bad = _check_all(all_paths) if verify else {}
+    bad = unreadable(all_paths, inspect=inspect) if verify else {}
     for reason in bad.values():
         warn(f"skipping unreadable image {term(reason)}")
     samples = [(p, classes.index(name)) for name, files in per_class.items() for p in files if p not in bad]
@@ -76,7 +71,7 @@ def scan_flat_folder(root: str | Path, verify: bool = True, what: str = "test") 
     paths = list_images(root)
     if not paths:
         raise VrError(f"{what} folder {display(root)} holds no images")
-    bad = _check_all(paths) if verify else {}
+    bad = unreadable(paths) if verify else {}
     for reason in bad.values():
         warn(f"skipping unreadable image {term(reason)}")
     return [p for p in paths if p not in bad], list(bad.values())

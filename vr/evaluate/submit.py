@@ -15,13 +15,12 @@ import csv
 import io
 import os
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from vr.data.folders import list_images
 
 from vr.data.classes import ClassMap, natural_key
-from vr.data.images import check_image
+from vr.data.facts import unreadable
 from vr.errors import VrError
 from vr.evaluate.config import SubmitConfig
 from vr.util.console import info
@@ -68,8 +67,7 @@ def list_test_images(test_dir: str | Path, verify: bool = True) -> list[Path]:
                       + "; ".join(" and ".join(f) for f in clashes[:5])
                       + (f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""))
     if verify:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            reasons = [r for r in pool.map(check_image, paths) if r is not None]
+        reasons = list(unreadable(paths).values())
         if reasons:
             raise VrError(f"{len(reasons)} unreadable test image(s), and a submission needs a row for every image "
                           f"(fix or remove them): {_names(reasons, 5, 1000)}")

@@ -49,7 +49,10 @@ def _fused_ok(model: nn.Module) -> bool:
 
 
 def create_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Create after the model is on its device (the fused kernels are picked per device)."""
+    """Create after the model is on its device (the fused kernels are picked per device). A
+    config whose lr defaults are still unset gets them from TrainConfig.resolved."""
+    if cfg.lr is None or cfg.backbone_lr_mult is None:
+        cfg = cfg.resolved(1)
     groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.backbone_lr_mult)
     fused = True if _fused_ok(model) else None
     if cfg.opt == "sgd":

@@ -171,14 +171,16 @@ def check_init_classes(ck: Checkpoint, classes) -> None:
 
 
 def scan_data(cfg: TrainConfig, data: Path, resume_ckpt, init_ckpt):
-    """train/ and val/ scanned (every image decoded once), checked against the checkpoints."""
-    train_scan = scan_image_folder(data / "train", verify=cfg.verify_images, what="train")
+    """train/ and val/ scanned (every image decoded once), checked against the checkpoints. When
+    the data check follows (a new run), the decode gathers its facts too (vr.data.facts)."""
+    inspect = cfg.data_check and resume_ckpt is None
+    train_scan = scan_image_folder(data / "train", verify=cfg.verify_images, what="train", inspect=inspect)
     if resume_ckpt is not None and resume_ckpt.classes != train_scan.classes:
         raise VrError(f"the classes in {data / 'train'} differ from those of the run being resumed")
     if init_ckpt is not None:
         check_init_classes(init_ckpt, train_scan.classes)
     val_scan = scan_image_folder(data / "val", classes=train_scan.classes, verify=cfg.verify_images,
-                                 what="val", reference="train/")
+                                 what="val", reference="train/", inspect=inspect)
     return train_scan, val_scan
 
 
@@ -350,7 +352,9 @@ def setup(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainRun:
     if cfg.sync_bn and not ctx.enabled:
         warn("--sync-bn only matters with several processes (--nproc-per-node); ignored")
     loaders = build_loaders(cfg, train_scan.samples, val_scan.samples, len(classes), pre, rt, ctx)
-    cfg = cfg.resolved(len(loaders.train))  # the head warm-up and EMA decay defaults, made concrete
+    given, cfg = cfg, cfg.resolved(len(loaders.train), rt.device.type, pre.input_size)  # the run-dependent defaults, made concrete
+    if ctx.is_main and resume_ckpt is None and (note := given.defaults_note(cfg)):
+        info(note)
     saved_cfg = cfg.replace(data=data.resolve(), resume=False)
     if ctx.is_main:
         write_run_files(run_dir, classes, saved_cfg, rt, ctx)
