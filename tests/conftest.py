@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,12 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# A suite started in the background (nohup, `cmd &`) inherits SIGINT ignored, and so would every
+# vr process it starts (exec keeps SIG_IGN): the Ctrl-C tests would then wait on a process that
+# cannot be interrupted. Python's own handler here means SIG_DFL in the children (exec resets it).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="session")

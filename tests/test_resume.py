@@ -227,3 +227,32 @@ def test_compile_trains(tiny_data, tmp_path, cli):
     assert code == 0, err
     assert _epochs(run) == [1, 2] and float(_rows(run)[-1]["val_acc"]) >= 0.9
     assert not any(k.startswith("_orig_mod") for k in load_checkpoint(run / "best.pt").state_dict)
+
+
+def test_resume_keeps_the_runs_own_defaults_when_today_s_differ(tiny_data, tmp_path, cli, monkeypatch):
+    """A run is resumed with the lr / EMA / memory format it started with, even when the defaults
+    of the vr that resumes it differ (a new version) and the resume line leaves them unset;
+    options given on the resume line still win."""
+    import yaml
+
+    from vr.models.checkpoint import load_checkpoint
+    from vr.train import config as C
+
+    run = tmp_path / "run"
+    flags = [*TINY_TRAIN, "--no-tensorboard"]
+    code, _, err = cli("train", tiny_data, "--out", run, "--epochs", "1", *flags)
+    assert code == 0, err
+    first = yaml.safe_load((run / "config.yaml").read_text())
+    assert (first["ema"], first["backbone_lr_mult"]) == (False, 1.0)
+    # the next version's defaults: an EMA and a gentler backbone for every run
+    monkeypatch.setattr(C, "SCRATCH", {**C.SCRATCH, "ema": True, "backbone_lr_mult": 0.5})
+    code, _, err = cli("train", tiny_data, "--out", run, "--epochs", "2", "--resume", *flags)
+    assert code == 0, err
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["ema"], saved["backbone_lr_mult"], saved["ema_decay"]) == (False, 1.0, first["ema_decay"])
+    last = load_checkpoint(run / "last.pt")
+    assert last.epoch == 2 and not last.train_state.get("ema")
+    assert "backbone_lr" not in (run / "metrics.csv").read_text()
+    code, _, err = cli("train", tiny_data, "--out", run, "--epochs", "3", "--resume", "--ema", *flags)
+    assert code == 0, err
+    assert yaml.safe_load((run / "config.yaml").read_text())["ema"] is True  # given: wins

@@ -159,6 +159,13 @@ class TrainConfig(ConfigBase):
             cfg = cfg.replace(ema_decay=round(min(0.9998, max(0.9, 1.0 - 1.0 / span)), 6))
         return cfg
 
+    def with_run_defaults(self, saved: dict) -> "TrainConfig":
+        """For --resume: the run-dependent defaults left unset take the values the run was started
+        with (its checkpoint's config), so it continues as it began whatever this version's
+        defaults are; options given explicitly still win."""
+        fill = {k: saved[k] for k in RESOLVED if getattr(self, k) is None and saved.get(k) is not None}
+        return self.replace(**fill)
+
     def defaults_note(self, resolved: "TrainConfig") -> Optional[str]:
         """One line naming the fine-tune defaults ``resolved`` filled in (None when none was)."""
         if not self.fine_tune or all(getattr(self, k) is not None for k in FINE_TUNE):
@@ -194,6 +201,9 @@ class TrainConfig(ConfigBase):
 # 93.90% (lr 3e-4 everywhere, a 1-epoch head warm-up, no EMA) to 95.86%.
 FINE_TUNE = {"lr": 1e-3, "backbone_lr_mult": 0.1, "ema": True, "ema_warmup": False}
 SCRATCH = {"lr": 3e-4, "backbone_lr_mult": 1.0, "ema": False, "ema_warmup": True}
+
+# Every option TrainConfig.resolved fills in when left unset.
+RESOLVED = (*FINE_TUNE, "ema_decay", "channels_last")
 
 # Settings that change where and how a run writes or how fast it runs, not what it trains.
 OUTPUT_ONLY = frozenset({"out", "resume", "channels_last", "nproc_per_node", "workers", "tensorboard", "verify_images", "data_check",

@@ -333,6 +333,8 @@ def setup(cfg: TrainConfig, ctx: D.DistContext, device: str) -> TrainRun:
         warn(f"--nproc-per-node {cfg.nproc_per_node} is ignored under torchrun, which started "
              f"{ctx.local_world_size} processes on this machine")
     resume_ckpt = ctx.agree(lambda: load_resume(cfg, run_dir))
+    if resume_ckpt is not None and isinstance(resume_ckpt.config, dict):
+        cfg = cfg.with_run_defaults(resume_ckpt.config)  # the run's own lr / EMA / format, not today's defaults
     budget = ctx.on_main(lambda: check_budget(cfg, data))
     init_ckpt = ctx.agree(lambda: load_init_checkpoint(cfg))
     seed_everything(cfg.seed)
