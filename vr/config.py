@@ -19,8 +19,8 @@ from vr.errors import VrError
 from vr.util.io import atomic_write_text
 
 # vr runs convolutions in channels_last (NHWC) on the CPU from this input size up: oneDNN measured
-# 1.07-1.63x faster training steps and 1.2-1.4x faster inference there, and 0.96x at 32 px
-# (docs/benchmarks.md). Used by vr train's default and the PyTorch predictor.
+# 1.07-1.63x faster training steps and 1.2-1.4x faster inference there, and no gain at 32 px
+# (0.96-1.03x; benchmarks/channels_last.py, docs/benchmarks.md). Used by vr train's default and the PyTorch predictor.
 CPU_CHANNELS_LAST_MIN_SIZE = 64
 
 

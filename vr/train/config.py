@@ -79,7 +79,7 @@ class TrainConfig(ConfigBase):
     # --- hardware
     device: str = option("auto", "auto = CUDA, else MPS, else CPU.", choices=DEVICES, group=H)
     amp: bool = option(True, "Mixed precision (bf16, or fp16 + GradScaler on GPUs without bf16). Always off on CPU.", group=H)
-    channels_last: Optional[bool] = option(None, "Use the channels_last (NHWC) memory format. Default: on when training on the CPU at 64 px and up (oneDNN's NHWC convolutions measured 1.07-1.63x faster per step there, 0.96x at 32 px), else off; on a GPU turn it on with AMP for faster convolutions (not measured by vr).", flag="--channels-last/--no-channels-last", group=H)
+    channels_last: Optional[bool] = option(None, "Use the channels_last (NHWC) memory format. Default: on when training on the CPU at 64 px and up (oneDNN's NHWC convolutions measured 1.07-1.63x faster per step there, no gain at 32 px: 0.96-1.03x), else off; on a GPU turn it on with AMP for faster convolutions (not measured by vr).", flag="--channels-last/--no-channels-last", group=H)
     compile: bool = option(False, "torch.compile the model for training (the first steps are slow while it compiles; mostly a GPU win).", group=H)
     nproc_per_node: int = option(1, "Processes on this machine. Above 1, vr re-launches itself through torchrun and trains with DDP (NCCL on GPU, one process per GPU; gloo on CPU). --batch-size is per process. For several machines run torchrun yourself (see README).", group=H)
     sync_bn: bool = option(False, "With DDP: synchronise BatchNorm statistics across processes (SyncBatchNorm; GPU only).", group=H)
